@@ -1,0 +1,250 @@
+"""Gymnasium environments over robosuite: camera images + proprioception in, normalized OSC actions out.
+
+One class serves every task; `TASKS` says which robosuite environment, horizon and cameras each task has.
+Observations (flat dict, keys as in robosuite / diffusion_policy):
+    <camera>_image        uint8 (H, W, 3), upright, one per configured camera
+    robot0_eef_pos        float32 (3,)  end-effector position, world frame (m)
+    robot0_eef_quat       float32 (4,)  end-effector orientation, quaternion (x, y, z, w)
+    robot0_gripper_qpos   float32 (2,)  finger joint positions
+Action: float32 (7,) in [-1, 1]: OSC pose deltas (dx, dy, dz, droll, dpitch, dyaw) + gripper (-1 open, +1 close),
+the default Panda controller of robosuite. Object poses are not observed; scripted experts read them through
+`privileged_state()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+# Headless rendering by default; must be set before robosuite (and mujoco's GL backend) is imported.
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import robosuite
+
+logging.getLogger("robosuite_logs").setLevel(logging.WARNING)  # one INFO line per env build otherwise
+
+ACTION_DIM = 7
+PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
+PROPRIO_DIMS = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+PROPRIO_BOUNDS = {"robot0_eef_pos": 3.0, "robot0_eef_quat": 1.0, "robot0_gripper_qpos": 1.0}  # metres / unit / rad
+
+_CAMERAS = ("agentview", "frontview", "birdview", "sideview", "robot0_robotview", "robot0_eye_in_hand")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    robosuite_name: str
+    horizon: int  # default episode length in control steps (20 Hz)
+    cameras: tuple[str, ...]  # cameras the scene defines
+
+
+TASKS: dict[str, TaskSpec] = {
+    "Lift": TaskSpec("Lift", horizon=200, cameras=_CAMERAS),
+    "Stack": TaskSpec("Stack", horizon=300, cameras=_CAMERAS),
+    "PickPlaceCan": TaskSpec("PickPlaceCan", horizon=300, cameras=tuple(c for c in _CAMERAS if c != "sideview")),
+    "Door": TaskSpec("Door", horizon=300, cameras=_CAMERAS),
+}
+
+
+def check_task(task: str) -> TaskSpec:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """Offscreen renderer settings. Reflections off roughly doubles software (Mesa EGL) rendering speed."""
+
+    reflection: bool = False
+    shadow: bool = True
+    skybox: bool = True
+
+
+@dataclass
+class EnvConfig:
+    task: str = "Lift"
+    cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")  # () for state-only observations
+    image_size: int = 84  # square camera images, pixels
+    horizon: int | None = None  # None: the task's default (TASKS[task].horizon)
+    control_freq: int = 20  # Hz
+    reward_shaping: bool = False  # robosuite's dense reward instead of the sparse success reward
+    video_camera: str = "agentview"  # camera of render() frames (videos)
+    video_size: int = 256
+    model_seed: int = 0  # seeds what robosuite randomizes when it builds the scene, not per episode
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        spec = check_task(self.task)
+        self.cameras = tuple(self.cameras)
+        for cam in (*self.cameras, self.video_camera):
+            if cam not in spec.cameras:
+                raise ValueError(f"unknown camera {cam!r} for task {self.task}; valid cameras: {', '.join(spec.cameras)}")
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras: duplicates in {self.cameras}")
+        for name in ("image_size", "video_size", "control_freq"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.horizon is None:
+            self.horizon = spec.horizon
+        elif self.horizon <= 0:
+            raise ValueError(f"horizon: must be positive or None (task default), got {self.horizon}")
+        if isinstance(self.render, dict):  # from a config file
+            self.render = RenderConfig(**self.render)
+
+
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int) -> Iterator[None]:
+    """robosuite 1.5.1 draws object placements and joint noise from numpy's global RNG; seed it for one reset
+    and give the caller's global RNG state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+class RobosuiteEnv(gym.Env):
+    """A robosuite task (Panda arm, default OSC controller) as a gymnasium environment.
+
+    `terminated` is True on task success, `truncated` at the horizon; `info["success"]` every step.
+    Build through gymnasium: `gymnasium.make("toto/Lift-v0", cameras=["agentview"], image_size=64)`.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, task: str = "Lift", render_mode: str | None = None, **config: Any):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
+        self.config = EnvConfig(task=task, **config)
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self.config.control_freq}
+        cfg = self.config
+        # Model-time randomness (e.g. the Lift cube's size) is drawn once, here: seed it so that every
+        # process builds the same scene and episode seeds mean the same thing in every worker.
+        with _global_numpy_seed(cfg.model_seed):
+            self._env = robosuite.make(
+                TASKS[cfg.task].robosuite_name,
+                robots="Panda",
+                has_renderer=False,
+                has_offscreen_renderer=bool(cfg.cameras) or render_mode == "rgb_array",
+                use_camera_obs=bool(cfg.cameras),
+                use_object_obs=True,  # object poses feed privileged_state(), never the observation
+                camera_names=list(cfg.cameras) or "agentview",
+                camera_heights=cfg.image_size,
+                camera_widths=cfg.image_size,
+                reward_shaping=cfg.reward_shaping,
+                control_freq=cfg.control_freq,
+                horizon=cfg.horizon,
+                ignore_done=True,  # the horizon is enforced here, as `truncated`
+                hard_reset=False,  # keeps one sim and GL context for the env's life: fast resets
+            )
+        self._apply_render_config()
+
+        spaces: dict[str, gym.Space] = {
+            f"{cam}_image": gym.spaces.Box(0, 255, (cfg.image_size, cfg.image_size, 3), np.uint8)
+            for cam in cfg.cameras
+        }
+        for key, bound in PROPRIO_BOUNDS.items():
+            spaces[key] = gym.spaces.Box(-bound, bound, (PROPRIO_DIMS[key],), np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        self._raw: dict[str, Any] = {}
+        self._steps = 0
+
+    # -- gymnasium API -------------------------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._make_gl_current()
+        with _global_numpy_seed(int(self.np_random.integers(2**32))):
+            self._raw = self._env.reset()
+        self._steps = 0
+        return self._observation(), {"success": False}
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(f"action: expected shape ({ACTION_DIM},), got {action.shape}")
+        self._make_gl_current()
+        self._raw, reward, _, _ = self._env.step(np.clip(action, -1.0, 1.0))
+        self._steps += 1
+        success = bool(self._env._check_success())  # robosuite exposes the success test only as this method
+        truncated = self._steps >= self.config.horizon and not success
+        return self._observation(), float(reward), success, truncated, {"success": success}
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        size = self.config.video_size
+        self._make_gl_current()
+        frame = self._env.sim.render(camera_name=self.config.video_camera, width=size, height=size)
+        return np.ascontiguousarray(frame[::-1])  # OpenGL rows run bottom-up
+
+    def close(self) -> None:
+        if getattr(self, "_env", None) is not None:
+            self._env.close()
+            self._env = None
+
+    # -- beyond gymnasium ----------------------------------------------------------------------------------------
+
+    def privileged_state(self) -> dict[str, np.ndarray]:
+        """Simulator state a scripted expert may use and a learned policy does not see: robosuite's object
+        observations (poses of cubes, can, door handle, ...), the end-effector pose and task constants."""
+        raw = self._raw
+        state = {
+            k: np.asarray(v, dtype=np.float64)
+            for k, v in raw.items()
+            if not k.startswith("robot") and not k.endswith("_image") and k != "object-state"
+        }
+        for key in PROPRIO_KEYS:
+            state[key] = np.asarray(raw[key], dtype=np.float64)
+        env = self._env
+        if self.config.task == "PickPlaceCan":
+            state["target_bin_pos"] = env.target_bin_placements[env.object_id].copy()
+            state["bin_size"] = np.asarray(env.bin_size, dtype=np.float64)
+        if self.config.task == "Door":
+            prefix = env.door.naming_prefix
+            hinge = env.sim.model.joint_name2id(prefix + "hinge")
+            latch = env.sim.model.joint_name2id(prefix + "latch_joint")
+            state["hinge_pos"] = env.sim.data.xanchor[hinge].copy()
+            state["latch_pos"] = env.sim.data.xanchor[latch].copy()
+            state["latch_axis"] = env.sim.data.xaxis[latch].copy()  # normal of the door panel
+        return state
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        obs = {f"{cam}_image": np.ascontiguousarray(self._raw[f"{cam}_image"][::-1]) for cam in self.config.cameras}
+        for key in PROPRIO_KEYS:
+            obs[key] = self._raw[key].astype(np.float32)
+        return obs
+
+    def _make_gl_current(self) -> None:
+        # robosuite makes a GL context current only when it creates it; with several envs in one process
+        # (or after another env is closed) each env must make its own current before rendering.
+        context = self._env.sim._render_context_offscreen
+        if context is not None:
+            context.gl_ctx.make_current()
+
+    def _apply_render_config(self) -> None:
+        # robosuite has no public handle on its offscreen context; the scene flags live on it.
+        context = self._env.sim._render_context_offscreen
+        if context is None:
+            return
+        flags = context.scn.flags
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(self.config.render.reflection)
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = int(self.config.render.shadow)
+        flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = int(self.config.render.skybox)
