@@ -1,0 +1,229 @@
+"""Convert between a :class:`~toto_robot.store.TrajectoryStore` and a local LeRobotDataset v3.
+
+Key names map one to one: ``action`` stays ``action``, image keys become
+``observation.images.<key>`` and other keys ``observation.<key>``; importing strips those prefixes
+(and turns any remaining ``.`` into ``_``). Low-dimensional values survive a round trip exactly.
+Images are written as mp4 video by default (lossy: :func:`psnr` measures the loss) or, with
+``use_videos=False``, as PNG images inside the parquet files (lossless).
+
+The store's per-episode metadata (seed, success, source, extras) and store attributes have no
+place in LeRobot's schema, so an export also writes them to ``meta/toto_store.json``, which an
+import reads back when present. Both directions work offline on local directories.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from toto_robot.store import TrajectoryStore, is_image_spec
+
+# Frame fields LeRobot adds to every dataset; they are bookkeeping, not data.
+LEROBOT_DEFAULT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+SIDECAR = "meta/toto_store.json"
+# PyAV is the decoder that works everywhere LeRobot does; naming it skips LeRobot's noisy probe.
+VIDEO_BACKEND = "pyav"
+
+
+def lerobot_feature_name(key: str, image: bool) -> str:
+    """Store key -> LeRobot feature name."""
+    if key == "action":
+        return key
+    return f"observation.images.{key}" if image else f"observation.{key}"
+
+
+def store_key_name(feature: str) -> str:
+    """LeRobot feature name -> store key (inverse of :func:`lerobot_feature_name`)."""
+    for prefix in ("observation.images.", "observation."):
+        if feature.startswith(prefix):
+            feature = feature[len(prefix) :]
+            break
+    return feature.replace(".", "_")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB between two uint8 image arrays (inf when identical)."""
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs arrays of one shape, got {a.shape} and {b.shape}")
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def _load_lerobot():
+    # Imported on use: lerobot pulls in datasets, pandas and the video stack (seconds to import).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("SVT_LOG", "1")  # libsvtav1: errors only, not its per-video banner
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    return LeRobotDataset, decode_video_frames
+
+
+def export_lerobot(
+    store: TrajectoryStore | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    fps: int | None = None,
+    use_videos: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Write every episode of ``store`` to a new LeRobotDataset v3 directory ``out_dir``.
+
+    Args:
+        store: a store or its path.
+        out_dir: directory to create; must not exist.
+        repo_id: dataset id recorded in the metadata (default ``local/<out_dir name>``).
+        fps: frame rate; default the store's ``fps`` attribute.
+        use_videos: mp4 video (True, LeRobot's default codec) or lossless PNG frames (False).
+        progress: show a progress bar over episodes.
+
+    Returns:
+        ``out_dir``.
+    """
+    if not isinstance(store, TrajectoryStore):
+        store = TrajectoryStore.open(store, mode="r")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; LeRobot datasets are written to a new directory")
+    if fps is None:
+        if "fps" not in store.attrs:
+            raise ValueError(f"{store.path} has no 'fps' attribute: pass fps explicitly")
+        fps = store.attrs["fps"]
+    if not isinstance(fps, int) or fps <= 0:
+        raise ValueError(f"fps must be a positive int, got {fps!r}")
+    if store.n_episodes == 0:
+        raise ValueError(f"{store.path} has no episodes to export")
+
+    LeRobotDataset, _ = _load_lerobot()
+    images = set(store.image_keys)
+    names = {key: lerobot_feature_name(key, key in images) for key in store.keys}
+    features = {}
+    for key, (shape, dtype) in store.schema.items():
+        if key in images:
+            kind = "video" if use_videos else "image"
+            features[names[key]] = {"dtype": kind, "shape": shape, "names": ["height", "width", "channels"]}
+        else:
+            features[names[key]] = {"dtype": dtype.name, "shape": shape, "names": None}
+
+    dataset = LeRobotDataset.create(
+        repo_id or f"local/{out_dir.name}",
+        fps=fps,
+        features=features,
+        root=out_dir,
+        use_videos=use_videos,
+        video_backend=VIDEO_BACKEND,
+    )
+    for i in tqdm(range(store.n_episodes), desc="export episodes", disable=not progress):
+        data, task = store.episode(i), store.episode_meta(i)["task"]
+        for t in range(store.episode_meta(i)["length"]):
+            dataset.add_frame({names[key]: value[t] for key, value in data.items()} | {"task": task})
+        dataset.save_episode()
+    dataset.finalize()
+
+    sidecar = {
+        "attrs": store.attrs,
+        "episodes": [store.episode_meta(i) for i in range(store.n_episodes)],
+        "keys": names,
+    }
+    (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=1))
+    return out_dir
+
+
+def import_lerobot(
+    lerobot_dir: str | os.PathLike,
+    store_path: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    zarr_format: int = 2,
+    progress: bool = True,
+) -> TrajectoryStore:
+    """Read a local LeRobotDataset v3 directory into a new store at ``store_path``.
+
+    Every non-bookkeeping feature becomes a key: video and image features as uint8
+    ``(T, H, W, 3)``, the rest with their LeRobot dtype and shape. Episode metadata comes from
+    ``meta/toto_store.json`` when the dataset was exported by :func:`export_lerobot`, otherwise
+    ``task`` is the episode's first LeRobot task, ``seed`` and ``success`` are None and
+    ``source`` names the dataset.
+    """
+    lerobot_dir = Path(lerobot_dir)
+    if not (lerobot_dir / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"{lerobot_dir} is not a LeRobotDataset directory (no meta/info.json)")
+    LeRobotDataset, decode_video_frames = _load_lerobot()
+    repo_id = repo_id or f"local/{lerobot_dir.name}"
+    dataset = LeRobotDataset(repo_id, root=lerobot_dir, video_backend=VIDEO_BACKEND)
+    meta = dataset.meta
+    if meta.info.codebase_version != "v3.0":
+        raise ValueError(f"{lerobot_dir} is LeRobotDataset {meta.info.codebase_version}; only v3.0 is supported")
+
+    schema, keys = {}, {}
+    for feature, spec in meta.features.items():
+        if feature in LEROBOT_DEFAULT_FEATURES:
+            continue
+        if spec["dtype"] in ("string", "language"):
+            logging.getLogger(__name__).warning("skipping text feature %s", feature)
+            continue
+        key = store_key_name(feature)
+        if key in schema:
+            raise ValueError(f"features {keys[key]!r} and {feature!r} both map to store key {key!r}")
+        shape = tuple(spec["shape"])
+        if spec["dtype"] in ("video", "image"):
+            shape = _hwc(shape, spec.get("names"))
+            schema[key] = (shape, "uint8")
+        else:
+            schema[key] = (shape, spec["dtype"])
+        keys[key] = feature
+
+    sidecar_path = lerobot_dir / SIDECAR
+    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else None
+    if sidecar is not None and len(sidecar["episodes"]) != meta.total_episodes:
+        raise ValueError(
+            f"{sidecar_path} describes {len(sidecar['episodes'])} episodes but the dataset has "
+            f"{meta.total_episodes}; remove it or re-export"
+        )
+    attrs: dict[str, Any] = {"fps": meta.fps, "robot_type": meta.robot_type, "lerobot_repo_id": repo_id}
+    if sidecar is not None:
+        attrs = sidecar["attrs"]
+    store = TrajectoryStore.create(store_path, schema, attrs, zarr_format=zarr_format)
+
+    frames = dataset.hf_dataset.with_format("numpy")
+    for ep in tqdm(range(meta.total_episodes), desc="import episodes", disable=not progress):
+        episode = meta.episodes[ep]
+        rows = frames[episode["dataset_from_index"] : episode["dataset_to_index"]]
+        data = {}
+        for key, feature in keys.items():
+            spec = meta.features[feature]
+            if spec["dtype"] == "video":
+                video_path = lerobot_dir / meta.get_video_file_path(ep, feature)
+                start = episode[f"videos/{feature}/from_timestamp"]
+                timestamps = [start + float(ts) for ts in rows["timestamp"]]
+                video = decode_video_frames(
+                    video_path, timestamps, dataset.tolerance_s, VIDEO_BACKEND, return_uint8=True
+                )  # (T, C, H, W)
+                data[key] = video.permute(0, 2, 3, 1).numpy()  # (T, H, W, C)
+            else:
+                # The numpy format decodes PNG frames to (T, H, W, C) uint8 and stacks value columns.
+                data[key] = np.asarray(rows[feature], dtype=schema[key][1]).reshape(-1, *schema[key][0])
+        if sidecar is not None:
+            episode_meta = sidecar["episodes"][ep]
+        else:
+            task = episode["tasks"][0] if len(episode["tasks"]) else ""
+            episode_meta = {"task": str(task), "seed": None, "success": None, "source": f"lerobot:{repo_id}"}
+        store.add_episode(data, episode_meta)
+    return store
+
+
+def _hwc(shape: tuple[int, ...], names: list[str] | None) -> tuple[int, int, int]:
+    """LeRobot records camera shapes as (H, W, C) with names, or (C, H, W) in older conversions."""
+    if names is not None and list(names)[:1] == ["channels"] or (shape[0] == 3 and shape[-1] != 3):
+        shape = (shape[1], shape[2], shape[0])
+    if len(shape) != 3 or shape[-1] != 3:
+        raise ValueError(f"only RGB cameras can be imported, got a feature of shape {shape}")
+    return shape
+
