@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from toto_robot.store import TrajectoryStore, is_image_spec
+from toto_robot.store import TrajectoryStore
 
 # Frame fields LeRobot adds to every dataset; they are bookkeeping, not data.
 LEROBOT_DEFAULT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -160,7 +160,9 @@ def import_lerobot(
     dataset = LeRobotDataset(repo_id, root=lerobot_dir, video_backend=VIDEO_BACKEND)
     meta = dataset.meta
     if meta.info.codebase_version != "v3.0":
-        raise ValueError(f"{lerobot_dir} is LeRobotDataset {meta.info.codebase_version}; only v3.0 is supported")
+        raise ValueError(
+            f"{lerobot_dir} is LeRobotDataset {meta.info.codebase_version}; only v3.0 is supported"
+        )
 
     schema, keys = {}, {}
     for feature, spec in meta.features.items():
@@ -227,3 +229,24 @@ def _hwc(shape: tuple[int, ...], names: list[str] | None) -> tuple[int, int, int
         raise ValueError(f"only RGB cameras can be imported, got a feature of shape {shape}")
     return shape
 
+
+def compare_stores(a: TrajectoryStore, b: TrajectoryStore) -> dict[str, dict[str, float]]:
+    """How far store ``b`` is from store ``a``, key by key, over all episodes.
+
+    Returns ``{key: {"max_abs_diff": ...}}`` for low-dimensional keys and
+    ``{key: {"psnr_db": ..., "max_abs_diff": ...}}`` for images. Raises ValueError when the
+    stores differ in keys, episode count or episode lengths.
+    """
+    if a.keys != b.keys or a.n_episodes != b.n_episodes or not np.array_equal(a.episode_ends, b.episode_ends):
+        raise ValueError(
+            f"stores differ in layout: keys {a.keys} vs {b.keys}, "
+            f"episode_ends {a.episode_ends.tolist()} vs {b.episode_ends.tolist()}"
+        )
+    report = {}
+    for key in a.keys:
+        x, y = a.array(key)[: a.n_steps], b.array(key)[: b.n_steps]
+        entry = {"max_abs_diff": float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))}
+        if key in a.image_keys:
+            entry["psnr_db"] = psnr(x, y)
+        report[key] = entry
+    return report

@@ -124,7 +124,7 @@ def _json_value(name: str, value: Any) -> Any:
 
 def _validate_meta(meta: Mapping[str, Any], length: int) -> dict[str, Any]:
     if not isinstance(meta, Mapping):
-        raise ValueError(f"episode meta must be a dict, got {type(meta).__name__}")
+        raise TypeError(f"episode meta must be a dict, got {type(meta).__name__}")
     missing = [k for k in EPISODE_META_TYPES if k not in meta]
     if missing:
         raise ValueError(
@@ -323,7 +323,8 @@ class TrajectoryStore:
                 plus optional extra JSON values; ``length`` is filled in.
 
         Raises:
-            ValueError: on any mismatch with the schema; the store is left unchanged.
+            ValueError: on any mismatch with the schema (TypeError if ``data`` or a value is not a
+                dict or numpy array); the store is left unchanged.
         """
         self._require_writable()
         arrays = self._validate_data(data)
@@ -354,7 +355,9 @@ class TrajectoryStore:
             self._root = root
 
     # ----------------------------------------------------------------- statistics
-    def compute_stats(self, keys: list[str] | tuple[str, ...] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    def compute_stats(
+        self, keys: list[str] | tuple[str, ...] | None = None
+    ) -> dict[str, dict[str, np.ndarray]]:
         """Per-key min, max, mean and std over every committed step; stored in the store if writable.
 
         Images are reduced per channel (shape ``(3,)``), other keys per element (their shape).
@@ -467,7 +470,7 @@ class TrajectoryStore:
 
     def _validate_data(self, data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(data, Mapping):
-            raise ValueError(f"episode data must be a dict of arrays, got {type(data).__name__}")
+            raise TypeError(f"episode data must be a dict of arrays, got {type(data).__name__}")
         missing = sorted(set(self._schema) - set(data))
         unknown = sorted(set(data) - set(self._schema))
         if missing or unknown:
@@ -479,14 +482,16 @@ class TrajectoryStore:
         for key, (shape, dtype) in self._schema.items():
             value = data[key]
             if not isinstance(value, np.ndarray):
-                raise ValueError(f"data[{key!r}] must be a numpy array, got {type(value).__name__}")
+                raise TypeError(f"data[{key!r}] must be a numpy array, got {type(value).__name__}")
             if value.dtype != dtype:
                 raise ValueError(
                     f"data[{key!r}] must have dtype {dtype.name}, got {value.dtype.name} "
                     f"(convert with .astype(np.{dtype.name}))"
                 )
             if value.ndim != len(shape) + 1 or value.shape[1:] != shape:
-                raise ValueError(f"data[{key!r}] must have shape (T, {', '.join(map(str, shape))}), got {value.shape}")
+                raise ValueError(
+                    f"data[{key!r}] must have shape (T, {', '.join(map(str, shape))}), got {value.shape}"
+                )
             lengths[key] = value.shape[0]
             out[key] = value
         if len(set(lengths.values())) != 1:

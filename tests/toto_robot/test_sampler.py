@@ -11,12 +11,16 @@ from toto_robot.store import TrajectoryStore
 @pytest.fixture
 def store(tmp_path) -> TrajectoryStore:
     """Two episodes (4 and 3 steps) whose values are 100 * episode + step."""
-    store = TrajectoryStore.create(tmp_path / "s.zarr", {"img": ((2, 2, 3), "uint8"), "action": ((2,), "float32")})
+    store = TrajectoryStore.create(
+        tmp_path / "s.zarr", {"img": ((2, 2, 3), "uint8"), "action": ((2,), "float32")}
+    )
     for episode, length in enumerate([4, 3]):
         t = 100 * episode + np.arange(length)
         img = np.broadcast_to(t[:, None, None, None], (length, 2, 2, 3)).astype(np.uint8)
         action = np.stack([t, -t], axis=1).astype(np.float32)
-        store.add_episode({"img": img, "action": action}, {"task": "t", "seed": 0, "success": None, "source": "s"})
+        store.add_episode(
+            {"img": img, "action": action}, {"task": "t", "seed": 0, "success": None, "source": "s"}
+        )
     return store
 
 

@@ -15,14 +15,20 @@ import zarr
 from toto_robot.store import TrajectoryStore
 
 H = W = 8
-SCHEMA = {"agentview_image": ((H, W, 3), "uint8"), "robot0_eef_pos": ((3,), "float32"), "action": ((7,), "float32")}
+SCHEMA = {
+    "agentview_image": ((H, W, 3), "uint8"),
+    "robot0_eef_pos": ((3,), "float32"),
+    "action": ((7,), "float32"),
+}
 
 
 def make_episode(index: int, length: int) -> dict[str, np.ndarray]:
     """Deterministic episode whose every value identifies the episode and the step."""
     t = np.arange(length)
     return {
-        "agentview_image": ((index * 7 + t[:, None, None, None] + np.zeros((1, H, W, 3))) % 256).astype(np.uint8),
+        "agentview_image": ((index * 7 + t[:, None, None, None] + np.zeros((1, H, W, 3))) % 256).astype(
+            np.uint8
+        ),
         "robot0_eef_pos": (index * 1000.0 + t[:, None] + np.array([0.1, 0.2, 0.3])).astype(np.float32),
         "action": (index * 1000.0 + t[:, None] * np.ones(7)).astype(np.float32),
     }
@@ -50,7 +56,11 @@ def assert_intact(store: TrajectoryStore, lengths: list[int]) -> None:
 
 
 def snapshot(path: Path) -> dict[str, str]:
-    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest() for p in path.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in path.rglob("*")
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------ layout and round trip
@@ -104,7 +114,11 @@ def test_zarr_format_3_with_shards(tmp_path):
 def test_update_attrs_and_existing_path(tmp_path):
     store = fill(tmp_path / "s.zarr", [2])
     store.update_attrs({"cameras": ["agentview"]})
-    assert TrajectoryStore.open(tmp_path / "s.zarr").attrs == {"fps": 20, "env": "Lift", "cameras": ["agentview"]}
+    assert TrajectoryStore.open(tmp_path / "s.zarr").attrs == {
+        "fps": 20,
+        "env": "Lift",
+        "cameras": ["agentview"],
+    }
     with pytest.raises(FileExistsError):
         TrajectoryStore.create(tmp_path / "s.zarr", SCHEMA)
     with pytest.raises(ValueError, match="not a toto-trajectory-store"):
@@ -119,7 +133,9 @@ def test_stats_match_numpy_and_go_stale(tmp_path):
         _ = store.stats
     store.compute_stats()
     stats = TrajectoryStore.open(tmp_path / "s.zarr").stats
-    pos = np.concatenate([make_episode(0, 5)["robot0_eef_pos"], make_episode(1, 3)["robot0_eef_pos"]]).astype(np.float64)
+    pos = np.concatenate([make_episode(0, 5)["robot0_eef_pos"], make_episode(1, 3)["robot0_eef_pos"]]).astype(
+        np.float64
+    )
     np.testing.assert_allclose(stats["robot0_eef_pos"]["mean"], pos.mean(0))
     np.testing.assert_allclose(stats["robot0_eef_pos"]["std"], pos.std(0), rtol=1e-6)
     np.testing.assert_array_equal(stats["robot0_eef_pos"]["min"], pos.min(0))
@@ -139,11 +155,20 @@ def _bad_inputs():
     yield "unknown key", {**good, "gripper": good["action"]}, make_meta(9), r"unknown \['gripper'\]"
     missing = {k: v for k, v in good.items() if k != "action"}
     yield "missing key", missing, make_meta(9), r"missing \['action'\]"
-    yield "wrong dtype", {**good, "action": good["action"].astype(np.float64)}, make_meta(9), "dtype float32, got float64"
-    yield "wrong shape", {**good, "action": good["action"][:, :6]}, make_meta(9), r"shape \(T, 7\), got \(4, 6\)"
+    yield (
+        "wrong dtype",
+        {**good, "action": good["action"].astype(np.float64)},
+        make_meta(9),
+        "dtype float32, got float64",
+    )
+    yield (
+        "wrong shape",
+        {**good, "action": good["action"][:, :6]},
+        make_meta(9),
+        r"shape \(T, 7\), got \(4, 6\)",
+    )
     yield "image not hwc", {**good, "agentview_image": good["agentview_image"][..., 0]}, make_meta(9), "shape"
     yield "empty episode", {k: v[:0] for k, v in good.items()}, make_meta(9), "at least one step"
-    yield "not an array", {**good, "action": good["action"].tolist()}, make_meta(9), "numpy array"
     yield "meta missing", good, {"task": "lift", "seed": 1, "source": "x"}, r"missing \['success'\]"
     yield "meta wrong type", good, {**make_meta(9), "seed": "one"}, r"meta\['seed'\]"
     yield "meta bool seed", good, {**make_meta(9), "seed": True}, r"meta\['seed'\]"
@@ -151,7 +176,9 @@ def _bad_inputs():
     yield "meta not json", good, {**make_meta(9), "extra": object()}, "JSON-serializable"
 
 
-@pytest.mark.parametrize("data,meta,message", [c[1:] for c in _bad_inputs()], ids=[c[0] for c in _bad_inputs()])
+@pytest.mark.parametrize(
+    "data,meta,message", [c[1:] for c in _bad_inputs()], ids=[c[0] for c in _bad_inputs()]
+)
 def test_bad_input_raises_and_leaves_store_unchanged(tmp_path, data, meta, message):
     store = fill(tmp_path / "s.zarr", [3, 2])
     before = snapshot(tmp_path / "s.zarr")
@@ -159,6 +186,17 @@ def test_bad_input_raises_and_leaves_store_unchanged(tmp_path, data, meta, messa
         store.add_episode(data, meta)
     assert snapshot(tmp_path / "s.zarr") == before
     assert_intact(TrajectoryStore.open(tmp_path / "s.zarr"), [3, 2])
+
+
+def test_non_array_raises_type_error(tmp_path):
+    store = fill(tmp_path / "s.zarr", [3])
+    before = snapshot(tmp_path / "s.zarr")
+    good = make_episode(1, 2)
+    with pytest.raises(TypeError, match=r"data\['action'\] must be a numpy array, got list"):
+        store.add_episode({**good, "action": good["action"].tolist()}, make_meta(1))
+    with pytest.raises(TypeError, match="episode meta must be a dict"):
+        store.add_episode(good, ["lift"])
+    assert snapshot(tmp_path / "s.zarr") == before
 
 
 @pytest.mark.parametrize(
