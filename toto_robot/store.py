@@ -9,7 +9,8 @@ Layout (readable by diffusion_policy's ``ReplayBuffer`` and any zarr client)::
       root  (attributes)  {"format", "version", "keys", "attrs", "stats"}
 
 Images are uint8 ``(T, H, W, 3)``; low-dimensional keys are float32 ``(T, D)``. Every array is
-compressed losslessly with Blosc zstd + bit-shuffle (chosen by ``bench/bench_store.py``).
+compressed losslessly with Blosc zstd (images 4 frames to a chunk; codec and chunking chosen by
+``bench/bench_store.py``).
 
 Atomic appends. ``add_episode`` writes the episode's arrays past the committed end, then
 ``meta/episode_ends``, then commits by rewriting the ``meta`` attributes, a single small file
@@ -64,18 +65,20 @@ EPISODE_META_TYPES: dict[str, tuple[type, ...]] = {
 
 ALLOWED_DTYPES = ("uint8", "float32", "float64", "int32", "int64", "bool")
 
-# Steps per chunk (and per shard in format 3) when the caller does not choose. Images are read a
-# few frames at a time by the sampler, so each frame is its own chunk (as in diffusion_policy's
-# image datasets); low-dimensional keys are small and read whole.
-IMAGE_CHUNK_STEPS = 1
+# Steps per chunk (and per shard in format 3) when the caller does not choose. The sampler reads
+# images a few frames at a time: 4 frames per chunk compresses consecutive, similar frames together
+# (5x instead of 3x on robosuite renders) and still decodes in well under a millisecond.
+# Low-dimensional keys are small and read whole.
+IMAGE_CHUNK_STEPS = 4
 LOW_DIM_CHUNK_STEPS = 1024
 IMAGE_SHARD_STEPS = 256
 EPISODE_ENDS_CHUNK = 4096
 
-# Blosc zstd at level 3 with bit-shuffle: measured in bench/bench_store.py against lz4 and
-# byte-shuffle on rendered frames and float32 states (the README has the numbers).
+# Blosc zstd level 5, chosen by bench/bench_store.py on robosuite renders and states (the README
+# has the table): images without shuffling (byte-shuffle is a no-op on uint8 and bit-shuffle
+# compresses rendered frames worse), numbers with bit-shuffle.
 BLOSC_CNAME = "zstd"
-BLOSC_CLEVEL = 3
+BLOSC_CLEVEL = 5
 
 
 def is_image_spec(shape: tuple[int, ...], dtype: np.dtype) -> bool:
@@ -83,12 +86,15 @@ def is_image_spec(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return dtype == np.uint8 and len(shape) == 3 and shape[-1] == 3
 
 
-def _compressor(zarr_format: int, dtype: np.dtype):
+def _compressor(zarr_format: int, dtype: np.dtype, image: bool):
     if zarr_format == 2:
-        shuffle = numcodecs.Blosc.BITSHUFFLE
+        shuffle = numcodecs.Blosc.NOSHUFFLE if image else numcodecs.Blosc.BITSHUFFLE
         return numcodecs.Blosc(cname=BLOSC_CNAME, clevel=BLOSC_CLEVEL, shuffle=shuffle)
     return zarr.codecs.BloscCodec(
-        cname=BLOSC_CNAME, clevel=BLOSC_CLEVEL, shuffle="bitshuffle", typesize=dtype.itemsize
+        cname=BLOSC_CNAME,
+        clevel=BLOSC_CLEVEL,
+        shuffle="noshuffle" if image else "bitshuffle",
+        typesize=dtype.itemsize,
     )
 
 
@@ -183,7 +189,7 @@ class TrajectoryStore:
             attrs: store-level JSON attributes (fps, env and camera config, ...).
             zarr_format: 2 (default; readable by zarr-python 2 and diffusion_policy) or 3, which
                 groups image chunks into shards of ``IMAGE_SHARD_STEPS`` frames.
-            chunk_steps: steps per chunk for some keys; default 1 for images, 1024 otherwise.
+            chunk_steps: steps per chunk for some keys; default 4 for images, 1024 otherwise.
             overwrite: replace an existing store at ``path`` instead of raising.
         """
         spec = _normalize_schema(schema)
@@ -213,7 +219,7 @@ class TrajectoryStore:
                 dtype=dtype,
                 chunks=(steps, *shape),
                 shards=shards,
-                compressors=_compressor(zarr_format, dtype),
+                compressors=_compressor(zarr_format, dtype, image),
             )
         meta = root.create_group("meta")
         meta.create_array(
@@ -221,7 +227,7 @@ class TrajectoryStore:
             shape=(0,),
             dtype="int64",
             chunks=(EPISODE_ENDS_CHUNK,),
-            compressors=_compressor(zarr_format, np.dtype("int64")),
+            compressors=_compressor(zarr_format, np.dtype("int64"), image=False),
         )
         meta.attrs.update({"episodes": []})
         keys = {k: {"shape": list(s), "dtype": d.name} for k, (s, d) in spec.items()}

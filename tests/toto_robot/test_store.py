@@ -78,10 +78,18 @@ def test_layout_is_diffusion_policy_replay_buffer(tmp_path):
         assert array.dtype == np.dtype(dtype)
         assert array.shape == (12, *shape)
         assert array.chunks[1:] == shape, "chunked along time only"
-    assert root["data"]["agentview_image"].chunks[0] == 1
-    zarray = json.loads((path / "data" / "agentview_image" / ".zarray").read_text())
-    assert zarray["zarr_format"] == 2
-    assert zarray["compressor"] == {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 2, "blocksize": 0}
+    assert root["data"]["agentview_image"].chunks[0] == 4
+    assert root["data"]["action"].chunks[0] == 1024
+    for key, shuffle in (("agentview_image", 0), ("action", 2)):  # no shuffle for images, bit-shuffle else
+        zarray = json.loads((path / "data" / key / ".zarray").read_text())
+        assert zarray["zarr_format"] == 2
+        assert zarray["compressor"] == {
+            "id": "blosc",
+            "cname": "zstd",
+            "clevel": 5,
+            "shuffle": shuffle,
+            "blocksize": 0,
+        }
 
 
 def test_round_trip_meta_and_attrs(tmp_path):
@@ -108,7 +116,7 @@ def test_zarr_format_3_with_shards(tmp_path):
     store.add_episode(make_episode(2, 3), make_meta(2))
     assert_intact(TrajectoryStore.open(tmp_path / "s.zarr"), [6, 5, 3])
     array = zarr.open_group(tmp_path / "s.zarr", mode="r")["data"]["agentview_image"]
-    assert array.shards is not None and array.chunks[0] == 1
+    assert array.shards[0] == 256 and array.chunks[0] == 4
 
 
 def test_update_attrs_and_existing_path(tmp_path):
