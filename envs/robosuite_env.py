@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 # Headless rendering by default; must be set before robosuite (and mujoco's GL backend) is imported.
 if not os.environ.get("DISPLAY"):
@@ -43,15 +43,18 @@ _CAMERAS = ("agentview", "frontview", "birdview", "sideview", "robot0_robotview"
 @dataclass(frozen=True)
 class TaskSpec:
     robosuite_name: str
+    instruction: str  # what the task asks, in words (the `task` of stored episodes)
     horizon: int  # default episode length in control steps (20 Hz)
     cameras: tuple[str, ...]  # cameras the scene defines
 
 
 TASKS: dict[str, TaskSpec] = {
-    "Lift": TaskSpec("Lift", horizon=200, cameras=_CAMERAS),
-    "Stack": TaskSpec("Stack", horizon=300, cameras=_CAMERAS),
-    "PickPlaceCan": TaskSpec("PickPlaceCan", horizon=300, cameras=tuple(c for c in _CAMERAS if c != "sideview")),
-    "Door": TaskSpec("Door", horizon=300, cameras=_CAMERAS),
+    "Lift": TaskSpec("Lift", "lift the red cube", horizon=200, cameras=_CAMERAS),
+    "Stack": TaskSpec("Stack", "stack the red cube on the green cube", horizon=300, cameras=_CAMERAS),
+    "PickPlaceCan": TaskSpec(
+        "PickPlaceCan", "put the can in its bin", horizon=300, cameras=tuple(c for c in _CAMERAS if c != "sideview")
+    ),
+    "Door": TaskSpec("Door", "open the door", horizon=300, cameras=_CAMERAS),
 }
 
 
@@ -121,7 +124,7 @@ class RobosuiteEnv(gym.Env):
     Build through gymnasium: `gymnasium.make("toto/Lift-v0", cameras=["agentview"], image_size=64)`.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
 
     def __init__(self, task: str = "Lift", render_mode: str | None = None, **config: Any):
         if render_mode not in (None, "rgb_array"):
@@ -151,13 +154,7 @@ class RobosuiteEnv(gym.Env):
             )
         self._apply_render_config()
 
-        spaces: dict[str, gym.Space] = {
-            f"{cam}_image": gym.spaces.Box(0, 255, (cfg.image_size, cfg.image_size, 3), np.uint8)
-            for cam in cfg.cameras
-        }
-        for key, bound in PROPRIO_BOUNDS.items():
-            spaces[key] = gym.spaces.Box(-bound, bound, (PROPRIO_DIMS[key],), np.float32)
-        self.observation_space = gym.spaces.Dict(spaces)
+        self.observation_space = gym.spaces.Dict(self.observation_spaces(cfg))
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self._raw: dict[str, Any] = {}
         self._steps = 0
@@ -197,6 +194,15 @@ class RobosuiteEnv(gym.Env):
             self._env = None
 
     # -- beyond gymnasium ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def observation_spaces(config: EnvConfig) -> dict[str, gym.spaces.Box]:
+        """The observation keys and spaces of an env with this configuration, without building it."""
+        size = config.image_size
+        spaces = {f"{cam}_image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8) for cam in config.cameras}
+        for key, bound in PROPRIO_BOUNDS.items():
+            spaces[key] = gym.spaces.Box(-bound, bound, (PROPRIO_DIMS[key],), np.float32)
+        return spaces
 
     def privileged_state(self) -> dict[str, np.ndarray]:
         """Simulator state a scripted expert may use and a learned policy does not see: robosuite's object

@@ -134,7 +134,7 @@ class RunnerConfig:
     n_episodes: int = 10
     seed_start: int = EVAL_SEED_START
     n_workers: int = 1  # 1: roll out in this process
-    n_videos: int = 2  # mp4s of the first episodes
+    n_videos: int = 0  # mp4s of the first episodes (needs output_dir)
     output_dir: str | None = None  # eval.json and videos/ go here; None: nothing written
     env: EnvConfig = field(default_factory=EnvConfig)
 
@@ -144,8 +144,11 @@ class RunnerConfig:
         for name in ("n_episodes", "n_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.seed_start < 0:
-            raise ValueError(f"seed_start: must be >= 0, got {self.seed_start}")
+        if self.seed_start < EVAL_SEED_START:
+            raise ValueError(
+                f"seed_start: evaluation seeds start at {EVAL_SEED_START} (lower ones are collection seeds), "
+                f"got {self.seed_start}"
+            )
         if self.n_videos < 0:
             raise ValueError(f"n_videos: must be >= 0, got {self.n_videos}")
         if self.n_videos and self.output_dir is None:
