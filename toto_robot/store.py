@@ -253,7 +253,7 @@ class TrajectoryStore:
         store = cls(path, root, mode)
         if mode == "a":
             with store._write_lock():
-                store._repair()
+                store._repair(remove_partial_files=True)
         return store
 
     # ----------------------------------------------------------------- reading
@@ -429,8 +429,12 @@ class TrajectoryStore:
         self._root = root
         self._arrays: dict[str, zarr.Array] = {}
 
-    def _repair(self) -> None:
-        """Cut away anything a killed writer left past the last commit (caller holds the lock)."""
+    def _repair(self, remove_partial_files: bool = False) -> None:
+        """Cut away anything a killed writer left past the last commit (caller holds the lock).
+
+        Every append starts with this; ``remove_partial_files`` (a walk over the whole store) is
+        done once, on ``open(mode="a")``.
+        """
         self._load_commit()
         end, n = self.n_steps, self.n_episodes
         for key in self.keys:
@@ -442,9 +446,10 @@ class TrajectoryStore:
             ends.resize((n,))
         if n and not np.array_equal(ends[:], self._ends):
             ends[:] = self._ends
-        # Temporary files of writes that never reached their rename.
-        for partial in self.path.rglob("*.partial"):
-            partial.unlink(missing_ok=True)
+        if remove_partial_files:
+            # Temporary files of writes that never reached their rename.
+            for partial in self.path.rglob("*.partial"):
+                partial.unlink(missing_ok=True)
         self._arrays = {}
 
     @contextlib.contextmanager
