@@ -5,6 +5,13 @@ Importing this package registers `toto/<Task>-v0` for every task in `TASKS`:
     env = gymnasium.make("toto/Lift-v0", cameras=["agentview"], image_size=64)
 """
 
+import os
+
+# Headless offscreen rendering by default. Set before robosuite is first imported: it picks its GL backend then.
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
 import gymnasium
 
 from envs.experts import EXPERTS, ScriptedExpert, make_expert

@@ -124,31 +124,44 @@ def _rot_z(yaw: float) -> np.ndarray:
 
 
 class PickExpert(ScriptedExpert):
-    """Shared pick phases: hover above the object, descend, close, lift."""
+    """Shared pick phases: hover above the object, descend, close, lift; start over if the object slips."""
 
     hover = 0.10  # m above the grasp point
-    grasp_depth = 0.0  # m below the object's centre where the end effector closes
     close_steps = 8
+    held_phases = ("lift", "carry", "lower")  # the object must be in the gripper
     yaw_period = np.pi / 2  # symmetry of the object about z (cube: quarter turn)
 
-    def grasp_yaw(self, quat: np.ndarray) -> float:
-        return wrap(yaw_of(quat), self.yaw_period)
+    def grasp_yaw(self, s: dict, obj: str) -> float:
+        return wrap(yaw_of(s[f"{obj}_quat"]), self.yaw_period)
+
+    def lost(self, s: dict, obj: str) -> bool:
+        """The end effector has risen since the grasp but the object has not: it is not held."""
+        if "grasp_eef" not in self.memory:
+            return False
+        rose = s["robot0_eef_pos"][2] > self.memory["grasp_eef"][2] + 0.04
+        return rose and s[f"{obj}_pos"][2] < self.memory["grasp_obj_z"] + 0.015
+
+    def restart(self) -> None:
+        self.phase, self.phase_steps, self.memory = 0, 0, {}
 
     def pick(self, phase: str, s: dict, obj: str, lift_to: float) -> Command | None:
-        pos, quat = s[f"{obj}_pos"], s[f"{obj}_quat"]
-        eef = s["robot0_eef_pos"]
-        grasp = pos - np.array([0.0, 0.0, self.grasp_depth])
-        yaw = self.grasp_yaw(quat)
+        grasp, eef = s[f"{obj}_pos"], s["robot0_eef_pos"]
         if phase == "approach":
+            yaw = self.memory.setdefault("yaw", self.grasp_yaw(s, obj))
             target = grasp + np.array([0.0, 0.0, self.hover])
             yaw_ok = abs(wrap(yaw_of(s["robot0_eef_quat"]) - yaw, 2 * np.pi)) < 0.08
             return Command(target, yaw, OPEN, (reached(eef, target, 0.015) and yaw_ok) or self.timed_out(80))
+        yaw = self.memory["yaw"]
         if phase == "descend":
             return Command(grasp, yaw, OPEN, reached(eef, grasp, 0.012) or self.timed_out(40), speed=0.6)
         if phase == "close":
             if self.phase_steps == 0:
                 self.memory["grasp_eef"] = eef.copy()
+                self.memory["grasp_obj_z"] = float(grasp[2])
             return Command(self.memory["grasp_eef"], yaw, CLOSE, self.timed_out(self.close_steps))
+        if phase in self.held_phases and self.lost(s, obj):
+            self.restart()
+            return self.pick("approach", s, obj, lift_to)
         if phase == "lift":
             target = np.array([eef[0], eef[1], lift_to])
             return Command(target, yaw, CLOSE, reached(eef, target, 0.02) or self.timed_out(60))
@@ -162,7 +175,7 @@ class LiftExpert(PickExpert):
         cmd = self.pick(phase, s, "cube", lift_to=1.0)  # the table top is at 0.8 m
         if cmd is not None:
             return cmd
-        return Command(s["robot0_eef_pos"], self.grasp_yaw(s["cube_quat"]), CLOSE, False)  # hold
+        return Command(s["robot0_eef_pos"], self.memory["yaw"], CLOSE, False)  # hold
 
 
 class StackExpert(PickExpert):
@@ -170,15 +183,24 @@ class StackExpert(PickExpert):
 
     phases = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
 
+    def grasp_yaw(self, s: dict, obj: str) -> float:
+        # Of the two grasps of the cube, take the one whose fingers stay clear of cube B (they close along the
+        # gripper's y axis, (sin yaw, -cos yaw)): the one most across the direction from A to B.
+        to_b = s["cubeB_pos"][:2] - s["cubeA_pos"][:2]
+        to_b = to_b / (np.linalg.norm(to_b) + 1e-9)
+        base = super().grasp_yaw(s, obj)
+        candidates = [base, wrap(base + np.pi / 2, np.pi)]
+        return min(candidates, key=lambda y: abs(np.sin(y) * to_b[0] - np.cos(y) * to_b[1]) + 0.01 * abs(y))
+
     def command(self, phase: str, s: dict) -> Command:
         eef = s["robot0_eef_pos"]
         cmd = self.pick(phase, s, "cubeA", lift_to=s["cubeB_pos"][2] + 0.12)
         if cmd is not None:
             return cmd
-        yaw = self.memory.setdefault("carry_yaw", yaw_of(s["robot0_eef_quat"]))
-        # cube A's offset from the end effector, fixed once it is held
-        offset = s["cubeA_pos"] - eef
-        above_b = s["cubeB_pos"] + np.array([0.0, 0.0, 0.045 + 0.02]) - offset  # B half 0.025 + A half 0.02
+        yaw = self.memory["yaw"]
+        # cube A's offset from the end effector, measured once it is held
+        offset = self.memory.setdefault("offset", s["cubeA_pos"] - eef)
+        above_b = s["cubeB_pos"] + np.array([0.0, 0.0, 0.045 + 0.02]) - offset  # B half 0.025 + A half 0.02, 2 cm to drop
         if phase == "carry":
             target = above_b + np.array([0.0, 0.0, 0.05])
             return Command(target, yaw, CLOSE, reached(eef, target, 0.01) or self.timed_out(100))
@@ -201,7 +223,7 @@ class PickPlaceCanExpert(PickExpert):
     # Aim short of the target compartment's centre, toward the robot: the far corner is at the arm's reach.
     aim_shift = 0.45  # fraction of the compartment's half size
 
-    def grasp_yaw(self, quat: np.ndarray) -> float:
+    def grasp_yaw(self, s: dict, obj: str) -> float:
         return 0.0  # the can is round: keep the gripper's home yaw
 
     def command(self, phase: str, s: dict) -> Command:

@@ -15,15 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
-
-# Headless rendering by default; must be set before robosuite (and mujoco's GL backend) is imported.
-if not os.environ.get("DISPLAY"):
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import gymnasium as gym
 import mujoco
