@@ -217,7 +217,7 @@ def stream_episodes(
 ) -> Iterator[Episode]:
     """Episodes of `policy`, one per seed, yielded in seed order. `seeds` may be endless: it is read only as
     far as the consumer goes (a few episodes ahead per worker), and closing the generator stops the workers."""
-    env_kwargs = {k: v for k, v in asdict(env_config).items()}
+    env_kwargs = asdict(env_config)
     video = video_dir is not None and n_videos > 0
     numbered = ((i, seed) for i, seed in enumerate(seeds))
 
