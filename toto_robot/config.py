@@ -1,0 +1,27 @@
+"""Turning hydra config nodes (plain dicts here) into typed configs. Derived values are computed here,
+in Python, never in the YAML."""
+
+from __future__ import annotations
+
+from toto_robot.model import ModelConfig, model_preset
+from toto_robot.tokenizer import TokenizerConfig, tokenizer_preset
+
+
+def _split_preset(node: dict, what: str) -> tuple[str, dict]:
+    node = dict(node)
+    if "preset" not in node:
+        raise ValueError(f"{what} config: expected a 'preset' key, got keys {sorted(node)}")
+    return node.pop("preset"), node
+
+
+def tokenizer_config(node: dict) -> TokenizerConfig:
+    preset, overrides = _split_preset(node, "tokenizer")
+    return tokenizer_preset(preset, **overrides)
+
+
+def model_config(node: dict, tokenizer: TokenizerConfig, max_frames: int) -> ModelConfig:
+    """The transformer's vocabulary, tokens per frame and context follow from the tokenizer and clip length."""
+    preset, overrides = _split_preset(node, "model")
+    tokens = tokenizer.tokens_per_frame
+    return model_preset(preset, codebook_size=tokenizer.vocab_size, tokens_per_frame=tokens,
+                        max_seq_len=1 + max_frames * tokens + 1, **overrides)
