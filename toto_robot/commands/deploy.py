@@ -1,0 +1,129 @@
+"""``toto-deploy``: run a policy on a robot (LeRobot, or our simulated arm) at a fixed rate, log every episode.
+
+    toto-deploy                                    # dry run: reference policy, simulated Lift arm, 50 ticks at 10 Hz
+    toto-deploy loop.rate_hz=20 loop.chunk_rule=blend n_episodes=3 encoder.path=outputs/demo/encoder
+    toto-deploy +faults.camera_stall=[[20,30]] +faults.nan_state=[[35,37]] +faults.disconnect_at=45
+    toto-deploy robot=so101 robot.lerobot.port=/dev/ttyACM0 policy._target_=<builder of a trained policy>
+
+Options live in configs/deploy.yaml and configs/deploy/robot/*.yaml. Episodes are appended to a Zarr store
+(outputs/deploy/<robot>.zarr by default) in the layout toto-collect writes, with timing and interventions.
+Ctrl-C stops the robot safely, logs the episode so far and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from envs.robot import LeRobotAdapter, RobotMapping, make_lerobot_robot
+from envs.sim_robot import FaultConfig, FaultyRobot
+from toto_robot.deploy import (
+    DISCONNECTED,
+    INTERRUPTED,
+    ReferencePolicy,
+    ReferencePolicyConfig,
+    describe,
+    log_episode,
+    open_log,
+    run_episode,
+)
+from toto_robot.encoder import StreamingEncoder, TotoEncoder
+from toto_robot.model import Transformer, model_preset
+from toto_robot.tokenizer import Tokenizer, tokenizer_preset
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+logger = logging.getLogger("toto-deploy")
+
+
+def reference_policy(cfg: DictConfig, mapping: RobotMapping, seed: int) -> ReferencePolicy:
+    """The reference policy over a Toto checkpoint, or over a random tiny encoder for a dry run."""
+    if cfg.encoder.path:
+        encoder = TotoEncoder.from_pretrained(cfg.encoder.path, layer=cfg.encoder.layer)
+    else:
+        torch.manual_seed(seed)
+        tok = Tokenizer(tokenizer_preset("tiny"))
+        p = tok.cfg.tokens_per_frame
+        model = Transformer(model_preset("tiny", codebook_size=tok.vocab_size, tokens_per_frame=p,
+                                         max_seq_len=2 + cfg.encoder.window * p))
+        encoder = TotoEncoder(tok, model, layer=cfg.encoder.layer)
+        print("policy: reference policy over a randomly initialised tiny encoder (a dry run: actions are "
+              "not trained)")
+    if mapping.image_size != encoder.image_size:
+        raise ValueError(f"robot.mapping.image_size: the encoder takes {encoder.image_size} px images, the "
+                         f"mapping delivers {mapping.image_size}")
+    config = ReferencePolicyConfig(
+        image_keys=list(mapping.cameras), state_keys=list(mapping.state),
+        state_dim=sum(len(v) for v in mapping.state.values()), action_dim=len(mapping.action), horizon=cfg.horizon,
+    )
+    return ReferencePolicy(StreamingEncoder(encoder, window=cfg.encoder.window, mode=cfg.encoder.mode), config)
+
+
+def run(cfg: DictConfig) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    loop = instantiate(cfg.loop)
+    safety = instantiate(cfg.robot.safety, _convert_="all")
+    mapping = RobotMapping(**OmegaConf.to_container(cfg.robot.mapping, resolve=True))
+    if cfg.policy == "reference":
+        policy = reference_policy(cfg, mapping, cfg.seed)
+    elif OmegaConf.is_dict(cfg.policy) and "_target_" in cfg.policy:
+        policy = instantiate(cfg.policy)
+    else:
+        raise ValueError(f"policy: expected 'reference' or a config with _target_, got {cfg.policy}")
+    robot = make_lerobot_robot(OmegaConf.to_container(cfg.robot.lerobot, resolve=True))
+    if cfg.faults is not None:
+        robot = FaultyRobot(robot, FaultConfig(**OmegaConf.to_container(cfg.faults, resolve=True)))
+    output = Path(cfg.output) if cfg.output else Path("outputs/deploy") / f"{cfg.robot.name}.zarr"
+    adapter = LeRobotAdapter(robot, mapping)
+    store = open_log(output, adapter.observation_spec(), adapter.action_dim,
+                     {"fps": loop.rate_hz, "robot": OmegaConf.to_container(cfg.robot, resolve=True),
+                      "instruction": cfg.robot.instruction})
+    interrupted = False
+    with adapter:
+        for episode in range(cfg.n_episodes):
+            seed = cfg.seed + episode
+            adapter.begin_episode(seed)
+            result = run_episode(adapter, policy, loop, safety)
+            index = log_episode(store, result, task=cfg.robot.instruction, source=f"deploy:{cfg.robot.name}",
+                                seed=seed, success=adapter.success)
+            print(f"episode {episode} (seed {seed}): {describe(result)}")
+            if index is not None:
+                print(f"  logged as episode {index} of {store.path}")
+            if result.status in (INTERRUPTED, DISCONNECTED):
+                interrupted = result.status == INTERRUPTED
+                break
+    print(f"wrote {store.n_episodes} episodes ({store.n_steps} steps) to {store.path}")
+    if interrupted:
+        sys.exit(130)
+    return store.path
+
+
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="deploy")
+def _main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(cfg)
+    except InstantiationException as exc:  # a bad loop or safety setting: show the validation message
+        print(f"toto-deploy: error: {exc.__cause__ or exc}", file=sys.stderr)
+        sys.exit(1)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"toto-deploy: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # outside an episode (connecting, writing): the robot is disconnected on the way out
+        print("toto-deploy: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
