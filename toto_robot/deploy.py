@@ -488,6 +488,7 @@ class _Episode:
             "rate_hz": self.loop.rate_hz,
             "achieved_rate_hz": executed / elapsed if elapsed > 0 else math.nan,
             "elapsed_s": elapsed,
+            "t0": self.t0,  # time.perf_counter() at tick 0: the logged times are seconds after it
             "executed_ticks": executed,
             "missed_ticks": self.missed_ticks,
             "chunks": self.chunks,
