@@ -1,0 +1,379 @@
+"""Next-token pretraining over token shards, from one CPU process to many GPUs under torchrun.
+
+- AdamW (beta2 0.95; weight decay on matrices only), linear warmup then cosine decay to
+  `min_lr_ratio * lr`, gradient clipping, gradient accumulation, bf16 autocast on CUDA, optional
+  `torch.compile`, DDP or FSDP2 through `toto_robot.parallel.parallelize`.
+- Batches are a pure function of (seed, step, micro-batch, rank): the data position is the step, so a
+  checkpoint holding model, optimizer, scheduler, RNG and step resumes exactly where the run stopped.
+- Checkpoints are Toto checkpoint directories (config.json + tokenizer/model safetensors, loadable by
+  `load_toto`) plus optimizer and RNG tensors; written atomically every `ckpt_every` steps.
+- Logs loss, lr, gradient norm, tokens/s and MFU to the console, a tqdm bar, TensorBoard and
+  `metrics.jsonl`; held-out loss every `eval_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from tqdm.auto import tqdm
+
+from pretrain.shards import TokenShards, load_tokenizer
+from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
+from toto_robot.config import model_config
+from toto_robot.model import ModelConfig, Transformer, clip_to_sequence
+from toto_robot.parallel import STRATEGIES, autocast, init_distributed, parallelize
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 8  # sequences per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    seed: int = 0
+    strategy: str = "none"  # none | ddp | fsdp
+    compile: bool = False
+    bf16: bool = True  # autocast to bfloat16 on CUDA (no effect on CPU)
+    held_out: float = 0.1  # fraction of each source's clips kept for the held-out loss
+    eval_every: int = 100
+    eval_clips: int = 32  # held-out clips per source per evaluation
+    log_every: int = 10
+    ckpt_every: int = 100
+    resume: bool = True  # continue from out_dir/checkpoint when it exists
+    peak_tflops: float | None = None  # per device, for MFU; None: measure a matmul at start
+    init_from: str | None = None  # a Toto checkpoint to start from (e.g. the 128 px model for 256 px)
+    rope_base: float | None = None  # a new RoPE base (the paper's 256 px fine-tune uses 50,000)
+    weights: dict[str, float] = field(default_factory=dict)  # source -> mixture weight; empty: equal
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every", "eval_clips"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"TrainConfig.strategy: expected one of {STRATEGIES}, got {self.strategy!r}")
+        if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.lr / min_lr_ratio: expected lr > 0 and ratio in [0, 1], "
+                             f"got {self.lr} / {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+            raise ValueError("TrainConfig.warmup_steps / grad_clip / weight_decay: expected >= 0, got "
+                             f"{self.warmup_steps} / {self.grad_clip} / {self.weight_decay}")
+        if any(not w > 0 for w in self.weights.values()):
+            raise ValueError(f"TrainConfig.weights: expected positive weights, got {self.weights}")
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the peak lr: linear warmup over `warmup` steps, then cosine down to `min_ratio`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (linear and embedding weights) only, none on norms."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+class Batches:
+    """Mixture batches from token shards. Batch (step, micro, rank) draws sources by weight, then clips
+    uniformly, from a generator seeded by exactly those numbers: no hidden state to checkpoint."""
+
+    def __init__(self, shards: TokenShards, weights: dict[str, float], cfg: ModelConfig, seed: int):
+        weights = dict(weights) or {n: 1.0 for n in shards.names}
+        unknown = sorted(set(weights) - set(shards.names))
+        missing = sorted(set(shards.names) - set(weights))
+        if unknown or missing:
+            raise ValueError(f"mixture weights: expected one per shard source {shards.names}, "
+                             f"got unknown {unknown}, missing {missing}")
+        self.names = [n for n in shards.names if shards.n_clips(n) > 0]
+        if not self.names:
+            raise ValueError(f"token shards {shards.path}: expected training clips, found none")
+        w = np.array([weights[n] for n in self.names], dtype=np.float64)
+        self.probs = w / w.sum()
+        self.shards, self.cfg, self.seed = shards, cfg, seed
+
+    def sequences(self, name: str, index: np.ndarray, split: str = "train") -> torch.Tensor:
+        ids = torch.from_numpy(self.shards.clips(name, index, split))
+        return clip_to_sequence(ids, self.cfg, kind=self.shards.kinds[name])
+
+    def batch(self, step: int, micro: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step, micro, rank])
+        src = rng.choice(len(self.names), size=size, p=self.probs)
+        seqs = torch.empty(size, 1 + self.shards.clip_frames * self.shards.grid**2 + 1, dtype=torch.long)
+        for s in np.unique(src):
+            rows = np.flatnonzero(src == s)
+            name = self.names[s]
+            seqs[rows] = self.sequences(name, rng.integers(0, self.shards.n_clips(name), size=len(rows)))
+        return seqs[:, :-1], seqs[:, 1:]
+
+    def held_out(self, max_clips: int, size: int):
+        """Fixed held-out batches: (source name, x, y) for the first `max_clips` held-out clips of each source."""
+        for name in self.shards.names:
+            n = min(max_clips, self.shards.n_clips(name, "held_out"))
+            for start in range(0, n, size):
+                seqs = self.sequences(name, np.arange(start, min(n, start + size)), "held_out")
+                yield name, seqs[:, :-1], seqs[:, 1:]
+
+
+def measure_peak_flops(device: torch.device, n: int = 1024, reps: int = 8) -> float:
+    """Achievable matmul FLOP/s on this device (float32 on CPU, bfloat16 on CUDA): the MFU denominator
+    when no peak is configured."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def _grad_sync(model: torch.nn.Module, strategy: str, enabled: bool):
+    """Skip gradient all-reduce on all but the last micro-batch of an accumulation."""
+    import contextlib
+
+    if strategy == "ddp" and not enabled:
+        return model.no_sync()
+    if strategy == "fsdp":
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+_STATE_OPTIONS = dict(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True)
+
+
+def _is_tensor(v) -> bool:
+    return isinstance(v, torch.Tensor)
+
+
+def build_model_config(shards: TokenShards, model_node: dict, cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
+    """The transformer's config: from `model_node` (a preset), or from `init_from`'s architecture; its
+    vocabulary, tokens per frame and context always follow the shards."""
+    tok = replace(shards.tokenizer_config, image_size=int(shards.attrs["resolution"]))
+    init = None
+    if cfg.init_from:
+        init = read_config(cfg.init_from)
+        if init.get("kind") != "toto":
+            raise ValueError(f"init_from {cfg.init_from}: expected a Toto checkpoint, found kind {init.get('kind')!r}")
+        arch = {k: init["model"][k] for k in ("n_layers", "d_model", "n_heads", "ffn_hidden", "norm_eps", "rope_base")}
+        if init["model"]["codebook_size"] != tok.vocab_size:
+            raise ValueError(f"init_from {cfg.init_from}: expected codebook_size {tok.vocab_size} (the shards' "
+                             f"tokenizer), found {init['model']['codebook_size']}")
+        model_node = {"preset": "tiny", **arch}
+    mcfg = model_config(model_node, tok, shards.clip_frames)
+    if cfg.rope_base is not None:
+        mcfg = replace(mcfg, rope_base=float(cfg.rope_base))
+    return mcfg, init
+
+
+def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_dir: str | Path) -> dict:
+    """Train (or resume) a transformer on the shards; returns the final metrics (also in results.json)."""
+    out = Path(out_dir)
+    rank, world, device = init_distributed()
+    shards = TokenShards(shards_path, held_out=cfg.held_out)
+    mcfg, init = build_model_config(shards, model_node, cfg)
+    tok_path = shards.attrs["tokenizer_checkpoint"]
+    tokenizer_sd = load_tokenizer(tok_path).state_dict() if rank == 0 else None
+    batches = Batches(shards, cfg.weights, mcfg, cfg.seed)
+
+    torch.manual_seed(cfg.seed)
+    model = Transformer(mcfg)
+    if init is not None:
+        model.load_state_dict(load_state_dict(cfg.init_from, "model"))
+    model.to(device)
+    flops = model.flops_per_token(mcfg.max_seq_len - 1)
+    model_p = parallelize(model, cfg.strategy, compile=cfg.compile)
+    opt = build_optimizer(model_p, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+
+    start = 0
+    ckpt = out / CHECKPOINT
+    if cfg.resume and (ckpt / "optimizer.safetensors").is_file():
+        start = _load_train_state(ckpt, model_p, opt, sched, rank, world)
+        if rank == 0:
+            print(f"resuming from {ckpt} at step {start}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(out / METRICS, start)
+
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_flops(device)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * world * (mcfg.max_seq_len - 1)
+    writer = None
+    if rank == 0 and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"))
+
+    def log_row(row: dict):
+        if rank != 0:
+            return
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step" and v is not None:
+                    writer.add_scalar(k, v, row["step"])
+
+    def evaluate() -> dict:
+        model_p.eval()
+        sums: dict[str, list[float]] = {}
+        with torch.no_grad(), autocast(device, cfg.bf16):
+            for name, x, y in batches.held_out(cfg.eval_clips, cfg.batch_size):
+                _, loss = model_p(x.to(device), y.to(device))
+                s = sums.setdefault(name, [0.0, 0])
+                s[0] += loss.item() * y.numel()
+                s[1] += y.numel()
+        model_p.train()
+        per_source = {f"held_out_loss/{k}": v[0] / v[1] for k, v in sums.items()}
+        total = sum(v[1] for v in sums.values())
+        return {"held_out_loss": sum(v[0] for v in sums.values()) / total if total else None, **per_source}
+
+    def save(step: int):
+        _save_train_state(ckpt, model_p, opt, sched, step, rank, world, mcfg, shards, cfg, tokenizer_sd, flops)
+
+    model_p.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=rank != 0 or not cfg.progress)
+    window_t, window_tokens = time.perf_counter(), 0
+    last = {}
+    for step in range(start, cfg.steps):
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            x, y = batches.batch(step, micro, rank, cfg.batch_size)
+            with _grad_sync(model_p, cfg.strategy, micro == cfg.grad_accum - 1), autocast(device, cfg.bf16):
+                _, loss = model_p(x.to(device), y.to(device))
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        norm = torch.nn.utils.clip_grad_norm_(model_p.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        loss_mean = loss_sum / cfg.grad_accum
+        if world > 1:
+            dist.all_reduce(loss_mean)
+            loss_mean /= world
+        window_tokens += tokens_per_step
+        row = {"step": step + 1, "loss": loss_mean.item(), "lr": lr, "grad_norm": _local(norm).item()}
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            dt = time.perf_counter() - window_t
+            row["tokens_per_s"] = window_tokens / dt
+            row["mfu"] = row["tokens_per_s"] * flops["train"] / (peak * world)
+            if rank == 0:
+                tqdm.write(f"step {done:>6} | loss {row['loss']:.4f} | lr {lr:.2e} | grad norm {row['grad_norm']:.3f}"
+                           f" | {row['tokens_per_s']:,.0f} tokens/s | MFU {100 * row['mfu']:.2f}%")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            row.update(evaluate())
+            if rank == 0:
+                tqdm.write(f"step {done:>6} | held-out loss {row['held_out_loss']:.4f}")
+        log_row(row)
+        last.update(row)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save(done)
+        if "tokens_per_s" in row or done % cfg.eval_every == 0 or done % cfg.ckpt_every == 0:
+            window_t, window_tokens = time.perf_counter(), 0  # time training only, not eval or saving
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+    bar.close()
+    if start >= cfg.steps:  # nothing left to train: report the checkpoint's held-out loss
+        last.update(evaluate())
+    if writer is not None:
+        writer.close()
+    results = {"steps": cfg.steps, "final_loss": last.get("loss"), "held_out_loss": last.get("held_out_loss"),
+               "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"), "params": model.num_params(),
+               "train_flops_per_token": flops["train"], "tokens_seen": tokens_per_step * cfg.steps,
+               "compute_flops": flops["train"] * tokens_per_step * cfg.steps, "world_size": world,
+               "checkpoint": str(ckpt.resolve())}
+    if rank == 0:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _truncate_metrics(path: Path, step: int):
+    """Keep the rows up to the resumed step, so the log reads as one run."""
+    if not path.is_file():
+        return
+    rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def _save_train_state(ckpt: Path, model_p, opt, sched, step: int, rank: int, world: int, mcfg: ModelConfig,
+                      shards: TokenShards, cfg: TrainConfig, tokenizer_sd, flops: dict):
+    """Collective (every rank calls it); rank 0 writes one atomic checkpoint directory."""
+    model_sd, optim_sd = get_state_dict(model_p, opt, options=StateDictOptions(**_STATE_OPTIONS))
+    rng = [torch.get_rng_state()]
+    if torch.cuda.is_available():
+        rng.append(torch.cuda.get_rng_state())
+    rngs = [None] * world
+    if world > 1:
+        dist.all_gather_object(rngs, rng)
+    else:
+        rngs = [rng]
+    if rank == 0:
+        optim_tensors = {k: v for k, v in optim_sd.items() if _is_tensor(v)}
+        optim_other = {k: v for k, v in optim_sd.items() if not _is_tensor(v)}
+        rng_sd = {f"rank{r}.{i}": t for r, states in enumerate(rngs) for i, t in enumerate(states)}
+        sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+        config = {
+            "kind": "toto", "tokenizer": shards.attrs["tokenizer"], "model": mcfg.to_dict(),
+            "train": {"step": step, "data_position": {"step": step, "seed": cfg.seed, "world_size": world},
+                      "scheduler": sched_sd, "optimizer_scalars": optim_other, "config": asdict(cfg),
+                      "shards": str(shards.path.resolve()), "train_flops_per_token": flops["train"]},
+        }
+        save_checkpoint(ckpt, json.loads(json.dumps(config)),
+                        {"model": model_sd, "tokenizer": tokenizer_sd, "optimizer": optim_tensors, "rng": rng_sd})
+    if world > 1:
+        dist.barrier()
+
+
+def _load_train_state(ckpt: Path, model_p, opt, sched, rank: int, world: int) -> int:
+    config = read_config(ckpt)
+    train = config["train"]
+    model_sd = load_state_dict(ckpt, "model")
+    optim_sd = {**load_file(ckpt / "optimizer.safetensors"), **train["optimizer_scalars"]}
+    set_state_dict(model_p, opt, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                   options=StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True))
+    sched.load_state_dict({**train["scheduler"], "lr_lambdas": [None] * len(opt.param_groups)})
+    rng = load_file(ckpt / "rng.safetensors")
+    if train["data_position"]["world_size"] == world and f"rank{rank}.0" in rng:
+        torch.set_rng_state(rng[f"rank{rank}.0"])
+        if torch.cuda.is_available() and f"rank{rank}.1" in rng:
+            torch.cuda.set_rng_state(rng[f"rank{rank}.1"])
+    elif rank == 0:
+        log.warning("checkpoint %s was written by %d processes, resuming with %d: batches differ from an "
+                    "uninterrupted run", ckpt, train["data_position"]["world_size"], world)
+    return int(train["step"])

@@ -1,0 +1,41 @@
+"""toto-pretrain: next-token pretraining over token shards; single process or torchrun (DDP / FSDP2)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.trainer import TrainConfig, pretrain
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    """The trainer's config, with mixture weights taken from the data sources."""
+    weights = {name: float(node["weight"]) for name, node in OmegaConf.to_container(cfg.data.sources).items()}
+    return TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True), weights=weights)
+
+
+@hydra.main(config_path=CONFIGS, config_name="pretrain/pretrain", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    t0 = time.time()
+    res = pretrain(cfg.shards, OmegaConf.to_container(cfg.model, resolve=True), train_config(cfg), cfg.out_dir)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"toto-pretrain finished in {time.time() - t0:.0f} s: train loss {res['final_loss']:.4f}, "
+              f"held-out loss {res['held_out_loss']:.4f}, {res['tokens_per_s']:,.0f} tokens/s, "
+              f"MFU {100 * res['mfu']:.2f}%")
+        print(f"checkpoint: {res['checkpoint']}; results: {Path(cfg.out_dir).resolve() / 'results.json'}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""toto-tokenize: encode the configured sources once into token shards (Zarr), resumable."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.data import build_sources
+from pretrain.shards import load_tokenizer, tokenize_sources
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+@hydra.main(config_path=CONFIGS, config_name="pretrain/tokenize", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    t0 = time.time()
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    sources = build_sources(data)
+    summary = tokenize_sources(sources, tokenizer, cfg.shards, tokenizer_path=str(Path(cfg.tokenizer).resolve()),
+                               batch_clips=cfg.batch_clips, strict=data["strict"], progress=cfg.progress)
+    for name, s in summary.items():
+        print(f"{name}: {s['clips']} clips, {s['tokens']:,} tokens, {s['skipped']} of {s['items']} items skipped")
+    print(f"toto-tokenize finished in {time.time() - t0:.0f} s; shards: {Path(cfg.shards).resolve()}")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

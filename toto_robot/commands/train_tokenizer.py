@@ -1,0 +1,38 @@
+"""toto-train-tokenizer: train the tokenizer on frames from the configured sources (PSNR, codebook usage)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.data import build_sources
+from pretrain.tokenizer_training import train_tokenizer
+from toto_robot.config import tokenizer_config
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+@hydra.main(config_path=CONFIGS, config_name="pretrain/train_tokenizer", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    t0 = time.time()
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    sources = build_sources(data)
+    # The tokenizer trains at the data's resolution.
+    tok_cfg = tokenizer_config({**OmegaConf.to_container(cfg.tokenizer, resolve=True), "image_size": data["resolution"]})
+    res = train_tokenizer(sources, tok_cfg, cfg.tokenizer_dir, seed=cfg.seed, strict=data["strict"],
+                          **OmegaConf.to_container(cfg.tokenizer_train))
+    skipped = f"; skipped unreadable items: {res['skipped']}" if res["skipped"] else ""
+    print(f"toto-train-tokenizer finished in {time.time() - t0:.0f} s: PSNR {res['psnr_check']:.2f} dB, "
+          f"codebook usage {res['codebook_usage_check']:.3f}{skipped}")
+    print(f"checkpoint: {res['checkpoint']}")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
