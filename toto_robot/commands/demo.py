@@ -1,13 +1,16 @@
-"""toto-demo: the main job on a small default, stage by stage, with a report directory at the end.
+"""toto-demo: the whole pipeline on a small default, stage by stage, with a report directory at the end.
 
-Stages so far: generate clips -> train the tokenizer -> pretrain a tiny Toto (next-token prediction)
--> encode held-out clips with the frozen and the streaming encoder -> report. Finished stages are
-reused when the demo is run again with the same settings.
+collect scripted Lift demonstrations (agent-view and wrist cameras) -> train the tokenizer on their
+frames -> pretrain a tiny Toto on the demonstration videos -> train a behavior-cloning policy on the
+frozen encoder (and optional baselines) -> evaluate in simulation -> report (summary.md with the
+success table, loss curves, tokenizer reconstructions, rollout videos). Finished stages are reused when
+the demo runs again with the same settings.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -16,14 +19,20 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from envs.collect import collect
+from envs.experts import make_expert
+from envs.robosuite_env import EnvConfig
+from envs.runner import RolloutRunner, RunnerConfig
+from policies.bc import BCPolicy, build_policy
+from policies.train import TrainConfig, train_bc
 from pretrain.loops import train_lm, train_tokenizer
 from toto_robot.checkpoint import load_state_dict, save_checkpoint
 from toto_robot.config import model_config, tokenizer_config
-from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto, save_toto
-from toto_robot.model import Transformer
+from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
+from toto_robot.model import Transformer, clip_to_sequence
 from toto_robot.report import markdown_table, save_curves, save_reconstructions
 from toto_robot.stages import finished, mark_finished
-from toto_robot.synthetic import moving_squares
+from toto_robot.store import TrajectoryStore
 from toto_robot.tokenizer import Tokenizer, psnr_uint8
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
@@ -36,108 +45,164 @@ def _stage(out: Path, name: str, settings: dict, run) -> dict:
     if done is not None:
         print(f"[{name}] reusing finished stage in {stage_dir}")
         return done
-    print(f"[{name}] running")
-    return mark_finished(stage_dir, settings, run(stage_dir))
+    print(f"[{name}] running", flush=True)
+    t0 = time.time()
+    results = run(stage_dir)
+    results["seconds"] = time.time() - t0
+    return mark_finished(stage_dir, settings, results)
+
+
+def store_clips(store: TrajectoryStore, cameras: list[str], frames: int, stride: int) -> np.ndarray:
+    """Every camera of every episode as a video: non-overlapping clips of `frames` frames taken one in
+    every `stride` steps -> (N, frames, H, W, 3) uint8."""
+    clips = []
+    for i in range(store.n_episodes):
+        for cam in cameras:
+            video = store.episode(i, keys=[cam])[cam][::stride]
+            clips += [video[s: s + frames] for s in range(0, len(video) - frames + 1, frames)]
+    if not clips:
+        raise ValueError(f"no episode has {frames * stride} steps to make a clip of {frames} frames (stride {stride})")
+    return np.stack(clips)
 
 
 def run_demo(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    tok_cfg = tokenizer_config(OmegaConf.to_container(cfg.tokenizer))
-    model_cfg = model_config(OmegaConf.to_container(cfg.model), tok_cfg, cfg.data.frames)
-    n_clips, n_frames, size = cfg.data.clips, cfg.data.frames, tok_cfg.image_size
-    clips = moving_squares(n_clips, n_frames, size=size, seed=cfg.seed)
-    held_out = moving_squares(4, n_frames, size=size, seed=cfg.seed + 1000)
     settings = OmegaConf.to_container(cfg, resolve=True)
+    pick = lambda *keys: {k: settings[k] for k in ("seed", *keys)}
+    cams = [f"{c}_image" for c in cfg.collect.cameras]
+    env_cfg = EnvConfig(task=cfg.collect.task, cameras=tuple(cfg.collect.cameras), image_size=cfg.collect.image_size)
+    store_path = out / "collect" / f"{cfg.collect.task}.zarr"
+
+    def collect_stage(d: Path) -> dict:
+        store = collect(store_path, make_expert(cfg.collect.task), env_cfg, cfg.collect.n_episodes,
+                        n_workers=cfg.collect.n_workers)
+        return {"episodes": store.n_episodes, "steps": store.n_steps}
+
+    col = _stage(out, "collect", pick("collect"), collect_stage)
+    store = TrajectoryStore.open(store_path)
+    clips = store_clips(store, cams, cfg.pretrain.clip_frames, cfg.pretrain.frame_stride)
+    n_held = max(1, len(clips) // 10)
+    train_clips, held_out = clips[:-n_held], clips[-n_held:]
+    tok_cfg = tokenizer_config(OmegaConf.to_container(cfg.tokenizer))
+    if tok_cfg.image_size != cfg.collect.image_size:
+        raise ValueError(f"tokenizer.image_size {tok_cfg.image_size} must equal collect.image_size {cfg.collect.image_size}")
+    model_cfg = model_config(OmegaConf.to_container(cfg.model), tok_cfg, cfg.pretrain.clip_frames)
 
     def tokenizer_stage(d: Path) -> dict:
         tok = Tokenizer(tok_cfg)
-        hist = train_tokenizer(tok, clips, **cfg.tokenizer_train, seed=cfg.seed)
+        hist = train_tokenizer(tok, train_clips, **cfg.tokenizer_train, seed=cfg.seed)
         save_checkpoint(d / "checkpoint", {"kind": "tokenizer", "tokenizer": tok_cfg.__dict__}, {"tokenizer": tok.state_dict()})
-        recon = tok.reconstruct(held_out).numpy()
-        save_reconstructions(out / "tokenizer_reconstructions.png", held_out[:, 0], recon[:, 0],
-                             f"held-out frames, PSNR {psnr_uint8(recon, held_out):.1f} dB")
+        recon = tok.reconstruct(held_out[:, :1]).numpy()
+        psnr = psnr_uint8(recon, held_out[:, :1])
+        save_reconstructions(out / "tokenizer_reconstructions.png", held_out[:8, 0], recon[:8, 0],
+                             f"held-out frames, PSNR {psnr:.1f} dB")
         ids = tok.encode(held_out)
-        return {"psnr_train_last": hist[-1]["psnr"], "psnr_held_out": psnr_uint8(recon, held_out),
-                "codebook_usage_held_out": torch.unique(ids).numel() / tok.vocab_size,
+        return {"psnr_held_out": psnr, "codebook_usage_held_out": torch.unique(ids).numel() / tok.vocab_size,
                 "psnr_curve": [h["psnr"] for h in hist]}
 
-    tok_res = _stage(out, "tokenizer", {k: settings[k] for k in ("seed", "data", "tokenizer", "tokenizer_train")},
-                     tokenizer_stage)
+    tok_res = _stage(out, "tokenizer", pick("collect", "tokenizer", "tokenizer_train"), tokenizer_stage)
 
     def pretrain_stage(d: Path) -> dict:
         tok = Tokenizer(tok_cfg)
         tok.load_state_dict(load_state_dict(out / "tokenizer" / "checkpoint", "tokenizer"))
         tok.eval()
         model = Transformer(model_cfg)
-        hist = train_lm(model, tok.encode(clips), **cfg.pretrain, seed=cfg.seed)
+        train_kw = {k: v for k, v in cfg.pretrain.items() if k in ("steps", "batch_size", "lr")}
+        hist = train_lm(model, tok.encode(train_clips), **train_kw, seed=cfg.seed)
         with torch.no_grad():
-            _, held = model(*_shifted(tok.encode(held_out), model))
+            seq = clip_to_sequence(tok.encode(held_out), model.cfg)
+            _, held = model(seq[:, :-1], seq[:, 1:])
         save_toto(d / "checkpoint", tok, model)
-        flops = model.flops_per_token()
         return {"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "held_out_loss": held.item(),
-                "params": model.num_params(), "train_flops_per_token": flops["train"],
-                "loss_curve": [h["loss"] for h in hist]}
+                "params": model.num_params(), "clips": len(train_clips), "loss_curve": [h["loss"] for h in hist]}
 
-    lm_res = _stage(out, "pretrain", {k: settings[k] for k in ("seed", "data", "tokenizer", "tokenizer_train",
-                                                                 "model", "pretrain")}, pretrain_stage)
+    lm_res = _stage(out, "pretrain", pick("collect", "tokenizer", "tokenizer_train", "model", "pretrain"),
+                    pretrain_stage)
+    ckpt = out / "pretrain" / "checkpoint"
+    enc_res = encode_check(ckpt, held_out[:2], cfg.policy.encoder_window)
 
-    enc_res = encode_stage(out / "pretrain" / "checkpoint", held_out, cfg.encoder)
-    save_curves(out / "losses.png", {"tokenizer PSNR (train batches)": (tok_res["psnr_curve"], "dB"),
-                                     "next-token loss": (lm_res["loss_curve"], "cross-entropy")})
-    write_summary(out, tok_res, lm_res, enc_res)
+    policies = [cfg.policy] + [OmegaConf.load(Path(CONFIGS) / "policy" / f"{b}.yaml") for b in cfg.baselines]
+    bc_results = []
+    for node in policies:
+        node = OmegaConf.to_container(node, resolve=True)
+
+        def bc_stage(d: Path, node=node) -> dict:
+            policy = build_policy(node, ckpt, tuple(cams), cfg.collect.image_size)
+            runner = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
+                                                output_dir=str(d / "eval"), env=env_cfg))
+            evaluate = lambda p, step: {"success_rate": runner.run(p, name=node["name"])["success_rate"]}
+            res = train_bc(policy, store_path, TrainConfig(**cfg.bc, seed=cfg.seed), d, evaluate=evaluate)
+            best = BCPolicy.load(d / "best")
+            final = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
+                                               output_dir=str(d / "eval_best"), env=env_cfg)).run(best, name=node["name"])
+            return {"policy": node["name"], "success_rate": final["success_rate"], "episodes": final["n_episodes"],
+                    "mean_length": final["mean_length"], "videos": sorted(str(p) for p in (d / "eval_best" / "videos").glob("*.mp4")),
+                    "loss_curve": [h["loss"] for h in res["history"]["train"]], "checkpoint": str(d / "best")}
+
+        bc_results.append(_stage(out, f"bc_{node['name']}", pick("collect", "tokenizer", "tokenizer_train", "model",
+                                                                 "pretrain", "bc", "eval") | {"policy": node}, bc_stage))
+
+    curves = {"tokenizer PSNR (train batches)": (tok_res["psnr_curve"], "dB"),
+              "next-token loss": (lm_res["loss_curve"], "cross-entropy")}
+    for r in bc_results:
+        curves[f"BC loss ({r['policy']})"] = (r["loss_curve"], "L1 (normalized actions)")
+    save_curves(out / "losses.png", curves)
+    videos = out / "videos"
+    videos.mkdir(exist_ok=True)
+    for r in bc_results:
+        for v in r["videos"]:
+            shutil.copy(v, videos / f"{r['policy']}_{Path(v).name}")
+    write_summary(out, cfg, col, tok_res, lm_res, enc_res, bc_results)
     return out
 
 
-def _shifted(ids: torch.Tensor, model: Transformer):
-    from toto_robot.model import clip_to_sequence
-
-    seq = clip_to_sequence(ids, model.cfg)
-    return seq[:, :-1], seq[:, 1:]
-
-
-def encode_stage(ckpt: Path, clips: np.ndarray, enc_cfg: DictConfig) -> dict:
-    """Frozen encoder on whole clips, then the streaming encoder frame by frame, timed."""
-    enc = TotoEncoder.from_pretrained(ckpt, layer=enc_cfg.layer, pooling=enc_cfg.pooling)
+def encode_check(ckpt: Path, clips: np.ndarray, window: int) -> dict:
+    """The frozen encoder on whole clips, then the streaming encoder frame by frame, timed."""
+    enc = TotoEncoder.from_pretrained(ckpt)
     full = enc(clips)
-    stream = StreamingEncoder(enc, window=enc_cfg.window)
+    stream = StreamingEncoder(enc, window=window)
     frames = torch.from_numpy(clips)
     diffs, times = [], []
     for t in range(frames.shape[1]):
         t0 = time.perf_counter()
         step = stream.step(frames[:, t])
         times.append(time.perf_counter() - t0)
-        if t < enc_cfg.window:  # before the window slides the two must agree
+        if t < window:  # before the window slides the two must agree
             diffs.append((step.features[:, 0] - full.features[:, t]).abs().max().item())
-    _, model, _ = load_toto(ckpt)
-    return {"layer": enc.layer, "of_layers": model.cfg.n_layers, "features_shape": list(full.features.shape),
-            "pooled_shape": list(full.pooled.shape), "stream_vs_full_max_abs_diff": max(diffs),
-            "stream_ms_per_step": 1000 * float(np.median(times[1:])), "window": enc_cfg.window}
+    return {"layer": enc.layer, "of_layers": enc.cfg.n_layers, "features_shape": list(full.features.shape),
+            "stream_vs_full_max_abs_diff": max(diffs), "stream_ms_per_step": 1000 * float(np.median(times[1:])),
+            "window": window}
 
 
-def write_summary(out: Path, tok: dict, lm: dict, enc: dict) -> None:
+def write_summary(out: Path, cfg: DictConfig, col: dict, tok: dict, lm: dict, enc: dict, bc: list[dict]) -> None:
+    success = [{"policy": r["policy"], "success": f"{r['success_rate']:.0%}", "episodes": r["episodes"],
+                "mean length": r["mean_length"]} for r in bc]
     rows = [
+        {"stage": "collect", "metric": "expert demonstrations (steps)", "value": f"{col['episodes']} ({col['steps']})"},
         {"stage": "tokenizer", "metric": "held-out PSNR (dB)", "value": tok["psnr_held_out"]},
         {"stage": "tokenizer", "metric": "held-out codebook usage", "value": tok["codebook_usage_held_out"]},
+        {"stage": "pretrain", "metric": "clips / parameters", "value": f"{lm['clips']} / {lm['params']}"},
         {"stage": "pretrain", "metric": "first / last train loss", "value": f"{lm['loss_first']:.3f} / {lm['loss_last']:.3f}"},
         {"stage": "pretrain", "metric": "held-out loss", "value": lm["held_out_loss"]},
-        {"stage": "pretrain", "metric": "parameters", "value": lm["params"]},
-        {"stage": "encoder", "metric": "features (B, T, P, C)", "value": enc["features_shape"]},
-        {"stage": "encoder", "metric": f"read-out layer", "value": f"{enc['layer']} of {enc['of_layers']}"},
+        {"stage": "encoder", "metric": "read-out layer", "value": f"{enc['layer']} of {enc['of_layers']}"},
         {"stage": "streaming", "metric": "max abs diff vs full forward", "value": enc["stream_vs_full_max_abs_diff"]},
         {"stage": "streaming", "metric": f"ms per step (window {enc['window']})", "value": enc["stream_ms_per_step"]},
     ]
+    videos = sorted(p.name for p in (out / "videos").glob("*.mp4"))
     text = "\n".join([
-        "# toto-demo report", "",
-        "Pipeline run so far: generated clips -> tokenizer -> tiny Toto pretraining -> frozen and streaming encoder.",
-        "Robot stages (robosuite demonstrations, behavior cloning, evaluation) are not part of the demo yet.", "",
-        markdown_table(rows), "",
+        f"# toto-demo report: {cfg.collect.task}", "",
+        f"Behavior cloning from {col['episodes']} scripted demonstrations, evaluated on {cfg.eval.n_episodes} "
+        f"held-out seeds; {cfg.bc.steps} training steps per policy.", "",
+        markdown_table(success), "", "## Stages", "", markdown_table(rows), "",
         "![reconstructions](tokenizer_reconstructions.png)", "", "![losses](losses.png)", "",
+        "Rollout videos: " + ", ".join(f"[{v}](videos/{v})" for v in videos), "",
     ])
     (out / "summary.md").write_text(text)
-    metrics = {"tokenizer": {k: v for k, v in tok.items() if not k.endswith("curve")},
-               "pretrain": {k: v for k, v in lm.items() if not k.endswith("curve")}, "encoder": enc}
+    strip = lambda d: {k: v for k, v in d.items() if not k.endswith("curve")}
+    metrics = {"collect": col, "tokenizer": strip(tok), "pretrain": strip(lm), "encoder": enc,
+               "policies": [strip(r) for r in bc]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 

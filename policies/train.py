@@ -1,0 +1,142 @@
+"""The behavior-cloning trainer shared by every backbone and head: windows from a store (or its feature
+cache), AdamW with cosine decay, TensorBoard + console logging, periodic rollout evaluation, and the
+best checkpoint kept by success rate (validation loss breaks ties)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from policies.bc import BCPolicy
+from policies.features import feature_store
+from toto_robot.sampler import WindowDataset, split_episodes
+from toto_robot.store import TrajectoryStore
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    val_ratio: float = 0.1
+    eval_every: int = 1000  # rollout evaluation (and best-checkpoint choice) every this many steps
+    log_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}: expected >= 1, got {getattr(self, name)}")
+        if not 0 <= self.val_ratio < 1:
+            raise ValueError(f"TrainConfig.val_ratio: expected in [0, 1), got {self.val_ratio}")
+
+
+def datasets(policy: BCPolicy, store_path: str | Path, val_ratio: float, seed: int,
+             progress: bool = True) -> tuple[WindowDataset, WindowDataset | None]:
+    """Training and validation windows: observation keys 1 step, `action` a chunk (padded at the end).
+    Toto backbones read the feature cache (computed on first use); the CNN reads the images."""
+    cfg = policy.cfg
+    store = TrajectoryStore.open(store_path)
+    if policy.encoder is not None:
+        source = feature_store(store_path, policy.encoder, cfg.cameras, cfg.encoder_window,
+                               feature_key=policy.feature_key, progress=progress)
+        obs_keys = [policy.feature_key(c) for c in cfg.cameras]
+    else:
+        source, obs_keys = store_path, list(cfg.cameras)
+    horizons = {k: 1 for k in (*obs_keys, *cfg.proprio_keys)} | {"action": cfg.chunk}
+    if val_ratio > 0 and store.n_episodes >= 2:
+        train_ids, val_ids = split_episodes(store.n_episodes, val_ratio, seed)
+    else:
+        train_ids, val_ids = np.arange(store.n_episodes), np.arange(0)
+    make = lambda ids: WindowDataset(source, horizons, pad_after=cfg.chunk - 1, episodes=ids, in_memory="all")
+    return make(train_ids), (make(val_ids) if len(val_ids) else None)
+
+
+def _loader(ds, batch_size, shuffle, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=shuffle, drop_last=shuffle,
+                                       generator=gen)
+
+
+@torch.no_grad()
+def validation_loss(policy: BCPolicy, ds) -> float | None:
+    if ds is None:
+        return None
+    policy.eval()
+    losses = [policy(b)[0].item() * len(b["action"]) for b in _loader(ds, 256, False, 0)]
+    policy.train()
+    return float(sum(losses) / len(ds))
+
+
+def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
+             evaluate: Callable[[BCPolicy, int], dict] | None = None, progress: bool = True) -> dict:
+    """Train `policy` on the store; `evaluate(policy, step) -> {"success_rate": ...}` runs rollouts.
+    Writes out_dir/{best,last} checkpoints, out_dir/tb (TensorBoard) and out_dir/history.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    store = TrajectoryStore.open(store_path)
+    try:
+        stats = store.stats
+    except (KeyError, ValueError):  # missing or older than the episodes: compute and save them
+        stats = TrajectoryStore.open(store_path, mode="a").compute_stats()
+    policy.set_stats(stats)
+    train_ds, val_ds = datasets(policy, store_path, cfg.val_ratio, cfg.seed, progress)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    writer = SummaryWriter(str(out / "tb"))
+    history: dict = {"train": [], "val": [], "eval": []}
+    best = (-1.0, math.inf)
+    loader, it = _loader(train_ds, cfg.batch_size, True, cfg.seed), None
+    policy.train()
+    bar = tqdm(range(1, cfg.steps + 1), desc=f"bc {policy.cfg.backbone}/{policy.cfg.head}", disable=not progress)
+    for step in bar:
+        try:
+            batch = next(it)
+        except (StopIteration, TypeError):
+            it = iter(loader)
+            batch = next(it)
+        loss, metrics = policy(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            history["train"].append({"step": step, **metrics})
+            writer.add_scalar("train/loss", metrics["loss"], step)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = validation_loss(policy, val_ds)
+            record = {"step": step, "val_loss": val}
+            if val is not None:
+                writer.add_scalar("val/loss", val, step)
+            if evaluate is not None:
+                policy.eval()
+                record.update(evaluate(policy, step))
+                policy.train()
+                writer.add_scalar("eval/success_rate", record["success_rate"], step)
+            history["eval"].append(record)
+            score = (record.get("success_rate", 0.0), val if val is not None else metrics["loss"])
+            if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
+                best = score
+                policy.save(out / "best", extra={"step": step, "record": record, "store": str(store_path)})
+            tqdm.write(f"[bc] step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
+                                                          if isinstance(v, float)))
+    policy.save(out / "last", extra={"step": cfg.steps, "store": str(store_path)})
+    writer.close()
+    policy.eval()
+    (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    return {"history": history, "best_success_rate": best[0], "best": str(out / "best"), "last": str(out / "last")}

@@ -1,0 +1,171 @@
+import numpy as np
+import pytest
+import torch
+
+from policies.bc import BCPolicy, PolicyConfig, build_policy
+from policies.features import feature_store
+from policies.train import TrainConfig, datasets, train_bc
+from tests.toto_robot.helpers import tiny_models
+from toto_robot.encoder import save_toto
+from toto_robot.store import TrajectoryStore
+from toto_robot.synthetic import moving_squares
+
+CAMS = ("agentview_image", "robot0_eye_in_hand_image")
+PROPRIO = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
+
+
+def make_store(path, n_episodes=3, steps=10, seed=0):
+    """Synthetic episodes whose actions are a fixed function of proprio, so they can be learned."""
+    rng = np.random.default_rng(seed)
+    schema = {c: ((64, 64, 3), "uint8") for c in CAMS} | {k: ((d,), "float32") for k, d in PROPRIO.items()}
+    schema["action"] = ((7,), "float32")
+    store = TrajectoryStore.create(path, schema, {"fps": 20})
+    for e in range(n_episodes):
+        video = moving_squares(1, steps, seed=seed + e)[0]
+        data = {c: video for c in CAMS}
+        data |= {k: rng.normal(size=(steps, d)).astype(np.float32) for k, d in PROPRIO.items()}
+        data["action"] = np.tanh(np.concatenate([data["robot0_eef_pos"], data["robot0_eef_quat"]], 1)).astype(np.float32)
+        store.add_episode(data, {"task": "synthetic", "seed": e, "success": True, "source": "test"})
+    store.compute_stats()
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder_ckpt(tmp_path_factory):
+    tok, model = tiny_models(max_frames=8)
+    with torch.no_grad():  # stand-in for pretraining: weights no fresh initialization reproduces
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("enc") / "toto"
+    save_toto(path, tok, model)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("store") / "demo.zarr")
+
+
+def _policy(encoder_ckpt, **kw):
+    node = {"backbone": "toto", "head": "mlp", "chunk": 4, "n_action_steps": 2, "hidden": 32, "encoder_window": 2} | kw
+    return build_policy(node, encoder_ckpt, CAMS, 64)
+
+
+@pytest.mark.parametrize("backbone, head", [("toto", "mlp"), ("toto", "act"), ("toto_random", "mlp"), ("cnn", "mlp")])
+def test_forward_backward_shapes(encoder_ckpt, store_path, backbone, head):
+    policy = _policy(encoder_ckpt, backbone=backbone, head=head)
+    policy.set_stats(TrajectoryStore.open(store_path).stats)
+    train, val = datasets(policy, store_path, val_ratio=0.34, seed=0, progress=False)
+    batch = torch.utils.data.default_collate([train[i] for i in range(5)])
+    assert batch["action"].shape == (5, 4, 7)
+    loss, metrics = policy(batch)
+    assert loss.ndim == 0 and set(metrics) >= {"loss", "l1_first_action"}
+    loss.backward()
+    grads = {n for n, p in policy.named_parameters() if p.grad is not None}
+    assert grads and not any(n.startswith("encoder.") for n in grads)  # the Toto encoder stays frozen
+    if backbone == "cnn":
+        assert any(n.startswith("cnn.") for n in grads)
+    policy.eval()
+    obs = {c: np.zeros((64, 64, 3), np.uint8) for c in CAMS} | {k: np.zeros(d, np.float32) for k, d in PROPRIO.items()}
+    assert policy.predict_action_chunk(obs).shape == (4, 7)
+    assert policy.select_action(obs).shape == (7,)
+
+
+def test_toto_random_differs_from_pretrained_only_in_transformer(encoder_ckpt):
+    a, b = _policy(encoder_ckpt), _policy(encoder_ckpt, backbone="toto_random")
+    assert torch.equal(a.encoder.tokenizer.encoder.net[0].weight, b.encoder.tokenizer.encoder.net[0].weight)
+    assert not torch.equal(a.encoder.model.layers[0].attn.wqkv.weight, b.encoder.model.layers[0].attn.wqkv.weight)
+
+
+def test_save_load_gives_identical_actions(encoder_ckpt, store_path, tmp_path):
+    policy = _policy(encoder_ckpt, head="act", temporal_ensemble=0.1, n_action_steps=1)
+    policy.set_stats(TrajectoryStore.open(store_path).stats)
+    policy.save(tmp_path / "p")
+    loaded = BCPolicy.load(tmp_path / "p")
+    policy.eval()
+    ep = TrajectoryStore.open(store_path).episode(0)
+    for p in (policy, loaded):
+        p.reset()
+    for t in range(6):
+        obs = {k: ep[k][t] for k in (*CAMS, *PROPRIO)}
+        np.testing.assert_array_equal(policy.select_action(obs), loaded.select_action(obs))
+    cfg = __import__("json").loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["policy"]["encoder_checkpoint"] == str(encoder_ckpt)
+
+
+def test_action_queue_and_ensembling(encoder_ckpt):
+    obs = {c: np.zeros((64, 64, 3), np.uint8) for c in CAMS} | {k: np.zeros(d, np.float32) for k, d in PROPRIO.items()}
+    p = _policy(encoder_ckpt, chunk=4, n_action_steps=2).eval()
+    chunk = p.predict_action_chunk(obs)
+    p.reset()
+    first, second = p.select_action(obs), p.select_action(obs)
+    np.testing.assert_allclose(first, chunk[0], atol=1e-6)
+    np.testing.assert_allclose(second, chunk[1], atol=1e-6)  # from the queue, not a new prediction
+    with pytest.raises(ValueError, match="missing"):
+        p.select_action({"robot0_eef_pos": np.zeros(3)})
+    p.train()
+    with pytest.raises(RuntimeError, match="eval"):
+        p.select_action(obs)
+
+
+def test_cached_features_equal_streaming_features_at_inference(encoder_ckpt, store_path):
+    policy = _policy(encoder_ckpt, encoder_window=2).eval()
+    cache = TrajectoryStore.open(feature_store(store_path, policy.encoder, CAMS, 2, progress=False))
+    ep = TrajectoryStore.open(store_path).episode(1)
+    cached = cache.episode(1)
+    policy.reset()
+    for t in range(5):
+        live = policy._stream_features(CAMS[0], ep[CAMS[0]][t])[0]
+        np.testing.assert_allclose(live.numpy(), cached[f"features.{CAMS[0]}"][t], atol=1e-5)
+    np.testing.assert_array_equal(cached["action"], ep["action"])
+
+
+def test_feature_cache_reuse_and_invalidation(encoder_ckpt, store_path, tmp_path):
+    policy = _policy(encoder_ckpt)
+    a = feature_store(store_path, policy.encoder, CAMS, 2, progress=False)
+    mtime = (a / "meta").stat().st_mtime_ns
+    assert feature_store(store_path, policy.encoder, CAMS, 2, progress=False) == a
+    assert (a / "meta").stat().st_mtime_ns == mtime  # reused, not recomputed
+    assert feature_store(store_path, policy.encoder, CAMS, 3, progress=False) != a  # window changed
+    other_layer = _policy(encoder_ckpt, encoder_layer=1)
+    assert feature_store(store_path, other_layer.encoder, CAMS, 2, progress=False) != a  # layer changed
+    retrained = _policy(encoder_ckpt)
+    with torch.no_grad():
+        retrained.encoder.model.layers[0].ffn.w1.weight.add_(0.01)  # different weights
+    assert feature_store(store_path, retrained.encoder, CAMS, 2, progress=False) != a
+    with pytest.raises(ValueError, match="not image keys"):
+        feature_store(store_path, policy.encoder, ("wrist",), 2, progress=False)
+
+
+def test_bad_policy_config(encoder_ckpt, tmp_path):
+    with pytest.raises(ValueError, match="backbone"):
+        _policy(encoder_ckpt, backbone="resnet")
+    with pytest.raises(ValueError, match="head"):
+        _policy(encoder_ckpt, head="diffusion")
+    with pytest.raises(ValueError, match="n_action_steps"):
+        _policy(encoder_ckpt, chunk=2, n_action_steps=3)
+    with pytest.raises(ValueError, match="encoder checkpoint"):
+        build_policy({"backbone": "toto"}, tmp_path, CAMS, 64)
+    with pytest.raises(ValueError, match="32 px"):
+        build_policy({"backbone": "toto"}, encoder_ckpt, CAMS, 32)
+    with pytest.raises(ValueError, match="backbone 'toto' needs"):
+        PolicyConfig(backbone="toto")
+
+
+def test_tiny_bc_run_drives_loss_down(encoder_ckpt, store_path, tmp_path):
+    policy = _policy(encoder_ckpt)
+    evals = []
+
+    def evaluate(p, step):
+        evals.append(step)
+        return {"success_rate": 0.5}
+
+    res = train_bc(policy, store_path, TrainConfig(steps=150, batch_size=16, lr=3e-3, warmup=10, eval_every=75,
+                                                   log_every=10, val_ratio=0.34), tmp_path / "run",
+                   evaluate=evaluate, progress=False)
+    losses = [h["loss"] for h in res["history"]["train"]]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert evals == [75, 150]
+    assert (tmp_path / "run" / "best" / "policy.safetensors").is_file()
+    assert (tmp_path / "run" / "last" / "config.json").is_file()
+    assert list((tmp_path / "run" / "tb").glob("events.*"))
