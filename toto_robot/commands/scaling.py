@@ -1,0 +1,36 @@
+"""toto-scaling: train a sweep of model sizes at fixed token budgets, fit L(C) = a * C^b, plot it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.scaling import GPT3_EXPONENT, PAPER_EXPONENT, run_sweep
+from toto_robot.commands.pretrain import train_config
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+@hydra.main(config_path=CONFIGS, config_name="pretrain/scaling", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    t0 = time.time()
+    fit = run_sweep(cfg.shards, OmegaConf.to_container(cfg.sizes, resolve=True), list(cfg.token_budgets),
+                    train_config(cfg), cfg.out_dir)
+    for r in fit["runs"]:
+        print(f"{r['name']:>22}: {r['params']:>9,} params, C = {r['compute_macs']:.3g} MACs, "
+              f"held-out loss {r['held_out_loss']:.4f}")
+    print(f"fitted L(C) = {fit['a']:.3f} * C^{fit['b']:.4f}: exponent {fit['b']:.4f} "
+          f"(paper: {PAPER_EXPONENT}, GPT-3: {GPT3_EXPONENT})")
+    out = Path(cfg.out_dir).resolve()
+    print(f"toto-scaling finished in {time.time() - t0:.0f} s; fit: {out / 'fit.json'}, plot: {out / 'scaling.png'}")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
