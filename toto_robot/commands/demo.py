@@ -72,7 +72,8 @@ def run_demo(cfg: DictConfig) -> Path:
     settings = OmegaConf.to_container(cfg, resolve=True)
     pick = lambda *keys: {k: settings[k] for k in ("seed", *keys)}
     cams = [f"{c}_image" for c in cfg.collect.cameras]
-    env_cfg = EnvConfig(task=cfg.collect.task, cameras=tuple(cfg.collect.cameras), image_size=cfg.collect.image_size)
+    env_cfg = EnvConfig(task=cfg.collect.task, cameras=tuple(cfg.collect.cameras), image_size=cfg.collect.image_size,
+                        horizon=cfg.collect.horizon)
     store_path = out / "collect" / f"{cfg.collect.task}.zarr"
 
     def collect_stage(d: Path) -> dict:
