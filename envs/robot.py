@@ -52,8 +52,8 @@ def _register_lerobot_types() -> None:
     register_third_party_plugins()
 
 
-def make_lerobot_robot(config: dict[str, Any]) -> Robot:
-    """A LeRobot robot (not connected) from {"type": <robot type>, <its config fields>...}."""
+def lerobot_robot_config(config: dict[str, Any]) -> RobotConfig:
+    """{"type": <robot type>, <its config fields>...} -> that type's LeRobot RobotConfig (draccus decoding)."""
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"robot config: expected a mapping with a 'type' key (a LeRobot robot type), got {config!r}")
     if config["type"] not in RobotConfig.get_known_choices():
@@ -62,14 +62,22 @@ def make_lerobot_robot(config: dict[str, Any]) -> Robot:
     if config["type"] not in known:
         raise ValueError(f"robot type: expected one of {known}, got {config['type']!r}")
     try:
-        robot_config = draccus.decode(RobotConfig, dict(config))
+        return draccus.decode(RobotConfig, dict(config))
     except draccus.utils.DecodingError as exc:
         raise ValueError(f"robot config for {config['type']!r}: {exc}") from exc
+
+
+def make_lerobot_robot(config: dict[str, Any]) -> Robot:
+    """A LeRobot robot (not connected) from {"type": <robot type>, <its config fields>...}."""
+    robot_config = lerobot_robot_config(config)
     if isinstance(robot_config, SimRobotConfig):
         # LeRobot finds a plugin's robot class by module naming conventions (`<package>.<name>` exporting it);
         # ours lives in envs/sim_robot.py, so it is built directly.
         return SimRobot(robot_config)
-    return make_robot_from_config(robot_config)
+    try:
+        return make_robot_from_config(robot_config)
+    except ImportError as exc:  # the robot's driver SDK (a LeRobot extra) is not installed
+        raise ValueError(f"robot type {config['type']!r}: {exc}") from exc
 
 
 @dataclass

@@ -4,6 +4,8 @@
 The double returns observations instantly and records what it is sent, so the loop's own behaviour is what is
 measured; tests/envs/test_sim_robot.py runs the loop against the simulated robot and injected faults."""
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -299,3 +301,28 @@ def test_reference_policy_is_a_policy_and_logs_a_readable_store(tmp_path):
 def test_reference_policy_rejects_missing_keys():
     with pytest.raises(KeyError, match=r"expected keys \['agentview_image'\]"):
         reference_policy().predict_action_chunk({"state": np.zeros(9, np.float32)})
+
+
+def run_command(*overrides: str, cwd) -> subprocess.CompletedProcess:
+    code = f"import sys; from toto_robot.commands.deploy import main; sys.argv[1:] = {list(overrides)!r}; main()"
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+@pytest.mark.render
+def test_toto_deploy_dry_run_with_faults(tmp_path):
+    """The default dry run (simulated arm, reference policy), shortened, with a camera stall and a disconnect."""
+    out = run_command("loop.n_steps=40", "+faults.camera_stall=[[4,10]]", "+faults.disconnect_at=20", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "wrote 1 episodes" in out.stdout and "outputs/deploy/sim.zarr" in out.stdout
+    assert "disconnected (robot disconnected" in out.stdout
+    meta = TrajectoryStore.open(tmp_path / "outputs/deploy/sim.zarr").episode_meta(0)
+    assert meta["source"] == "deploy:sim" and meta["status"] == DISCONNECTED
+    assert "hold_stale" in {e["kind"] for e in meta["interventions"]}
+
+
+def test_toto_deploy_bad_input_exits_with_a_clear_message(tmp_path):
+    out = run_command("robot.lerobot.type=ur5", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "robot type: expected one of [" in out.stderr and "got 'ur5'" in out.stderr
+    assert "Traceback" not in out.stderr
