@@ -172,11 +172,27 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-_STATE_OPTIONS = dict(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=True)
+# Full (unsharded) state dicts keyed by parameter name, whatever the wrapping (none, DDP, FSDP2). The
+# optimizer state is flattened by hand below: torch's own flattening does not load back with
+# full_state_dict=True (KeyError on 'param_groups.0.params.0' in torch 2.11).
+_STATE_OPTIONS = dict(full_state_dict=True, cpu_offload=True)
+_SEP = "::"
 
 
-def _is_tensor(v) -> bool:
-    return isinstance(v, torch.Tensor)
+def _flatten_optimizer(osd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """{"state": {name: {key: tensor}}, "param_groups": [...]} -> ({"name::key": tensor}, param_groups)."""
+    tensors = {f"{name}{_SEP}{k}": v for name, st in osd["state"].items() for k, v in st.items()}
+    return tensors, osd["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
+    state: dict[str, dict] = {}
+    for key, v in tensors.items():
+        name, k = key.rsplit(_SEP, 1)
+        state.setdefault(name, {})[k] = v
+    # JSON turned tuples (AdamW's betas) into lists.
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in param_groups]
+    return {"state": state, "param_groups": groups}
 
 
 def build_model_config(shards: TokenShards, model_node: dict, cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
@@ -344,14 +360,13 @@ def _save_train_state(ckpt: Path, model_p, opt, sched, step: int, rank: int, wor
     else:
         rngs = [rng]
     if rank == 0:
-        optim_tensors = {k: v for k, v in optim_sd.items() if _is_tensor(v)}
-        optim_other = {k: v for k, v in optim_sd.items() if not _is_tensor(v)}
+        optim_tensors, param_groups = _flatten_optimizer(optim_sd)
         rng_sd = {f"rank{r}.{i}": t for r, states in enumerate(rngs) for i, t in enumerate(states)}
         sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
         config = {
             "kind": "toto", "tokenizer": shards.attrs["tokenizer"], "model": mcfg.to_dict(),
             "train": {"step": step, "data_position": {"step": step, "seed": cfg.seed, "world_size": world},
-                      "scheduler": sched_sd, "optimizer_scalars": optim_other, "config": asdict(cfg),
+                      "scheduler": sched_sd, "optimizer_param_groups": param_groups, "config": asdict(cfg),
                       "shards": str(shards.path.resolve()), "train_flops_per_token": flops["train"]},
         }
         save_checkpoint(ckpt, json.loads(json.dumps(config)),
@@ -364,9 +379,9 @@ def _load_train_state(ckpt: Path, model_p, opt, sched, rank: int, world: int) ->
     config = read_config(ckpt)
     train = config["train"]
     model_sd = load_state_dict(ckpt, "model")
-    optim_sd = {**load_file(ckpt / "optimizer.safetensors"), **train["optimizer_scalars"]}
+    optim_sd = _unflatten_optimizer(load_file(ckpt / "optimizer.safetensors"), train["optimizer_param_groups"])
     set_state_dict(model_p, opt, model_state_dict=model_sd, optim_state_dict=optim_sd,
-                   options=StateDictOptions(full_state_dict=True, flatten_optimizer_state_dict=True))
+                   options=StateDictOptions(full_state_dict=True))
     sched.load_state_dict({**train["scheduler"], "lr_lambdas": [None] * len(opt.param_groups)})
     rng = load_file(ckpt / "rng.safetensors")
     if train["data_position"]["world_size"] == world and f"rank{rank}.0" in rng:
