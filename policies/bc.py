@@ -136,7 +136,8 @@ class BCPolicy(nn.Module):
         proprio_dim = sum(cfg.proprio_dims)
         self.proprio = nn.Sequential(nn.Linear(proprio_dim, d), nn.SiLU(), nn.Linear(d, d))
         if cfg.head == "mlp":
-            self.poolers = nn.ModuleDict({_name(c): AttentivePooler(d) for c in cfg.cameras})
+            # pool at the encoder's width, then project: attention over every token stays cheap
+            self.poolers = nn.ModuleDict({_name(c): AttentivePooler(feat_dim) for c in cfg.cameras})
             self.head = nn.Sequential(nn.Linear(d * (len(cfg.cameras) + 1), 2 * d), nn.SiLU(), nn.Dropout(cfg.dropout),
                                       nn.Linear(2 * d, 2 * d), nn.SiLU(), nn.Linear(2 * d, cfg.chunk * cfg.action_dim))
         else:
@@ -183,7 +184,7 @@ class BCPolicy(nn.Module):
         return self.encoder(images[:, None]).features[:, 0]
 
     def _obs_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per camera (B, N, d) projected tokens, and proprio embedding (B, d), from the newest step."""
+        """Per camera (B, N, C) features, and the proprio embedding (B, d), from the newest step."""
         cams = []
         for c in self.cfg.cameras:
             fk = self.feature_key(c)
@@ -191,18 +192,20 @@ class BCPolicy(nn.Module):
                 feats = batch[fk][:, -1].float()  # (B, N, C) cached
             else:
                 feats = self.encode_images(c, batch[c][:, -1])
-            cams.append(self.feat_proj[_name(c)](feats.to(self._device)) + self.cam_embed[_name(c)])
+            cams.append(feats.to(self._device))
         proprio = torch.cat([batch[k][:, -1].reshape(batch[k].shape[0], -1).float() for k in self.cfg.proprio_keys], -1)
         proprio = (proprio.to(self._device) - self.proprio_mean) / self.proprio_std
         return cams, self.proprio(proprio)
 
     def _predict(self, cams: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
         """-> normalized action chunk (B, chunk, A)."""
+        names = [_name(c) for c in self.cfg.cameras]
         if self.cfg.head == "mlp":
-            pooled = [self.poolers[_name(c)](x) for c, x in zip(self.cfg.cameras, cams)]
+            pooled = [self.feat_proj[n](self.poolers[n](x)) + self.cam_embed[n][:, 0] for n, x in zip(names, cams)]
             out = self.head(torch.cat(pooled + [proprio], dim=-1))
             return out.view(-1, self.cfg.chunk, self.cfg.action_dim)
-        memory = torch.cat(cams + [proprio[:, None]], dim=1)
+        tokens = [self.feat_proj[n](x) + self.cam_embed[n] for n, x in zip(names, cams)]  # (B, N, d) each
+        memory = torch.cat(tokens + [proprio[:, None]], dim=1)
         return self.head(self.act(memory))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
