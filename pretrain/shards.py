@@ -83,13 +83,13 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
         raise ValueError(f"token shards {out}: expected a store written with the same settings to resume, found "
                          f"different {diff}; write to a new directory (or delete {out})")
     progress_path = out / PROGRESS_FILE
-    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
+    committed = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
     dtype = token_dtype(tokenizer.vocab_size)
     summary = {}
     for src in sources:
         if (src.size, src.clip_frames, src.stride) != (first.size, first.clip_frames, first.stride):
             raise ValueError(f"source {src.name!r}: expected the same resolution and clip sampling as {first.name!r}")
-        state = progress.setdefault(src.name, {"kind": src.kind, "n_clips": 0, "done": 0, "skipped": [],
+        state = committed.setdefault(src.name, {"kind": src.kind, "n_clips": 0, "done": 0, "skipped": [],
                                                "complete": False})
         shape = (src.clip_frames, grid, grid)
         if src.name in root:
@@ -118,14 +118,14 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
                 ids.append(np.concatenate(encoded).astype(dtype), axis=0)
                 state["n_clips"] += sum(len(e) for e in encoded)
             state["done"] += 1
-            _write_json_atomic(progress_path, progress)
+            _write_json_atomic(progress_path, committed)
             bar.update(1)
         bar.close()
         if state["n_clips"] == 0:
             raise SourceError(f"source {src.name!r}: expected at least one readable clip, found none "
                               f"({len(state['skipped'])} of {len(items)} items unreadable)")
         state["complete"] = True
-        _write_json_atomic(progress_path, progress)
+        _write_json_atomic(progress_path, committed)
         summary[src.name] = {"kind": src.kind, "clips": state["n_clips"], "tokens": state["n_clips"] * int(np.prod(shape)),
                              "skipped": len(state["skipped"]), "items": len(items)}
         if state["skipped"]:
