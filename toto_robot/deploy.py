@@ -326,6 +326,7 @@ class _Episode:
         self.chunks = 0
         self.inference_s: list[float] = []
         self.step_s: list[float] = []
+        self.t_sent: list[float] = []
 
     def event(self, tick: int, kind: str, detail: str = "") -> None:
         t = time.perf_counter() - self.t0 if self.t0 else 0.0
@@ -467,6 +468,7 @@ class _Episode:
                 return DISCONNECTED, f"robot disconnected: {exc!r}"
             t_action = time.perf_counter()
             self.step_s.append(t_action - t_tick)
+            self.t_sent.append(t_action)
             if obs is not None:
                 nan = np.full(robot.action_dim, np.nan, np.float32)
                 # With hold="skip" nothing is sent and the last command stays in effect: log that one.
@@ -484,9 +486,11 @@ class _Episode:
     def finish(self, status: str, reason: str, elapsed: float) -> EpisodeResult:
         steps = {k: np.stack(v) for k, v in self.rows.items()}
         executed = len(self.step_s)
+        sent = self.t_sent
         timing = {
             "rate_hz": self.loop.rate_hz,
-            "achieved_rate_hz": executed / elapsed if elapsed > 0 else math.nan,
+            # ticks executed per second, between the first and the last action sent
+            "achieved_rate_hz": (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else math.nan,
             "elapsed_s": elapsed,
             "t0": self.t0,  # time.perf_counter() at tick 0: the logged times are seconds after it
             "executed_ticks": executed,
