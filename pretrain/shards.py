@@ -44,6 +44,9 @@ def save_tokenizer(path: str | Path, tokenizer: Tokenizer, extra: dict | None = 
 
 def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
     """A tokenizer from a tokenizer checkpoint or a full Toto checkpoint (both hold tokenizer.safetensors)."""
+    if not (Path(path) / "tokenizer.safetensors").is_file():
+        raise FileNotFoundError(f"tokenizer checkpoint: expected a directory with tokenizer.safetensors at {path} "
+                                "(train one with toto-train-tokenizer), found none")
     config = read_config(path)
     if config.get("kind") not in (TOKENIZER_KIND, "toto"):
         raise ValueError(f"checkpoint {path}: expected kind 'tokenizer' or 'toto', found {config.get('kind')!r}")

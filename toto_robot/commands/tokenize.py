@@ -18,8 +18,8 @@ CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 def _main(cfg: DictConfig) -> None:
     t0 = time.time()
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    tokenizer = load_tokenizer(cfg.tokenizer)
     sources = build_sources(data)
+    tokenizer = load_tokenizer(cfg.tokenizer)
     summary = tokenize_sources(sources, tokenizer, cfg.shards, tokenizer_path=str(Path(cfg.tokenizer).resolve()),
                                batch_clips=cfg.batch_clips, strict=data["strict"], progress=cfg.progress)
     for name, s in summary.items():
