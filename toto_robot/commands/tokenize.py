@@ -19,8 +19,8 @@ def _main(cfg: DictConfig) -> None:
     t0 = time.time()
     data = OmegaConf.to_container(cfg.data, resolve=True)
     sources = build_sources(data)
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    summary = tokenize_sources(sources, tokenizer, cfg.shards, tokenizer_path=str(Path(cfg.tokenizer).resolve()),
+    tokenizer = load_tokenizer(cfg.tokenizer_checkpoint)
+    summary = tokenize_sources(sources, tokenizer, cfg.shards, tokenizer_path=str(Path(cfg.tokenizer_checkpoint).resolve()),
                                batch_clips=cfg.batch_clips, strict=data["strict"], progress=cfg.progress)
     for name, s in summary.items():
         print(f"{name}: {s['clips']} clips, {s['tokens']:,} tokens, {s['skipped']} of {s['items']} items skipped")
