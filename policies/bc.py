@@ -14,9 +14,8 @@ statistics), so a robot needs nothing else.
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +79,7 @@ class PolicyConfig:
                              "model_config (use PolicyConfig.from_encoder)")
 
     @classmethod
-    def from_encoder(cls, encoder_checkpoint: str | Path, **kw) -> "PolicyConfig":
+    def from_encoder(cls, encoder_checkpoint: str | Path, **kw) -> PolicyConfig:
         enc = read_config(encoder_checkpoint)
         image_size = enc["tokenizer"]["image_size"]
         return cls(encoder_checkpoint=str(encoder_checkpoint), tokenizer_config=enc["tokenizer"],
@@ -276,7 +275,7 @@ class BCPolicy(nn.Module):
                                {"policy": state})
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "BCPolicy":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> BCPolicy:
         config = read_config(path)
         if config.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"policy checkpoint {path}: expected kind {CHECKPOINT_KIND!r}, found {config.get('kind')!r}")

@@ -98,7 +98,7 @@ def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir
         opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     writer = SummaryWriter(str(out / "tb"))
     history: dict = {"train": [], "val": [], "eval": []}
-    best = (-1.0, math.inf)
+    best, best_step = (-1.0, math.inf), None
     loader, it = _loader(train_ds, cfg.batch_size, True, cfg.seed), None
     policy.train()
     bar = tqdm(range(1, cfg.steps + 1), desc=f"bc {policy.cfg.backbone}/{policy.cfg.head}", disable=not progress)
@@ -131,7 +131,7 @@ def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir
             history["eval"].append(record)
             score = (record.get("success_rate", 0.0), val if val is not None else metrics["loss"])
             if score[0] > best[0] or (score[0] == best[0] and score[1] < best[1]):
-                best = score
+                best, best_step = score, step
                 policy.save(out / "best", extra={"step": step, "record": record, "store": str(store_path)})
             tqdm.write(f"[bc] step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()
                                                           if isinstance(v, float)))
@@ -139,4 +139,5 @@ def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir
     writer.close()
     policy.eval()
     (out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    return {"history": history, "best_success_rate": best[0], "best": str(out / "best"), "last": str(out / "last")}
+    return {"history": history, "best_success_rate": best[0], "best_step": best_step, "best": str(out / "best"),
+            "last": str(out / "last")}

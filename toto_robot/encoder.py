@@ -114,7 +114,7 @@ class TotoEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, layer: int | None = None, pooling: str = "mean",
-                        device: str | torch.device = "cpu") -> "TotoEncoder":
+                        device: str | torch.device = "cpu") -> TotoEncoder:
         tokenizer, model, _ = load_toto(path, device)
         return cls(tokenizer, model, layer=layer, pooling=pooling).to(device)
 
@@ -266,7 +266,7 @@ class StreamingEncoder:
         x = enc.model.tok_emb(start)
         p, hd = cfg.tokens_per_frame, cfg.head_dim
         for block in enc.model.layers:
-            q, k, v = block.attn.qkv(block.attn_norm(x))
+            _q, k, v = block.attn.qkv(block.attn_norm(x))
             self._sink_k.append(k)
             self._sink_v.append(v)
             x = block.finish(x, v)  # a lone token's attention output is its own value

@@ -69,11 +69,11 @@ class ModelConfig:
 # The paper's sizes (width/heads/layers from Table 1). FFN widths chosen so parameter counts with the
 # 8192+3 vocabulary land near 120M / 280M / 1.1B; `1b` uses TinyLlama's 5632.
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny": dict(n_layers=4, d_model=64, n_heads=4, ffn_hidden=192),
-    "small": dict(n_layers=6, d_model=256, n_heads=8, ffn_hidden=768),
-    "base": dict(n_layers=12, d_model=768, n_heads=12, ffn_hidden=3072),
-    "large": dict(n_layers=16, d_model=1024, n_heads=16, ffn_hidden=4096),
-    "1b": dict(n_layers=22, d_model=2048, n_heads=16, ffn_hidden=5632),
+    "tiny": {"n_layers": 4, "d_model": 64, "n_heads": 4, "ffn_hidden": 192},
+    "small": {"n_layers": 6, "d_model": 256, "n_heads": 8, "ffn_hidden": 768},
+    "base": {"n_layers": 12, "d_model": 768, "n_heads": 12, "ffn_hidden": 3072},
+    "large": {"n_layers": 16, "d_model": 1024, "n_heads": 16, "ffn_hidden": 4096},
+    "1b": {"n_layers": 22, "d_model": 2048, "n_heads": 16, "ffn_hidden": 5632},
 }
 
 

@@ -74,8 +74,8 @@ class TokenizerConfig:
 
 
 TOKENIZER_PRESETS = {
-    "tiny": dict(codebook_size=512, embed_dim=32, channels=16, channel_mult=(1, 2, 2), image_size=64),
-    "small": dict(codebook_size=8192, embed_dim=64, channels=64, channel_mult=(1, 2, 2), image_size=128),
+    "tiny": {"codebook_size": 512, "embed_dim": 32, "channels": 16, "channel_mult": (1, 2, 2), "image_size": 64},
+    "small": {"codebook_size": 8192, "embed_dim": 64, "channels": 64, "channel_mult": (1, 2, 2), "image_size": 128},
 }
 
 
@@ -269,7 +269,7 @@ class Tokenizer(nn.Module):
     def _quantize(self, x: torch.Tensor):
         """x: (N, 3, H, W) in [-1, 1] -> (zq (N, C, h, w), ids (N, h, w), aux loss)."""
         z = self.encoder(x)
-        n, c, h, w = z.shape
+        n, _c, h, w = z.shape
         zq, ids, aux = self.quantizer(rearrange(z, "n c h w -> (n h w) c"))
         zq = rearrange(zq, "(n h w) c -> n c h w", n=n, h=h, w=w)
         return zq, ids.view(n, h, w), aux

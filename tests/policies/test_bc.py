@@ -55,7 +55,7 @@ def _policy(encoder_ckpt, **kw):
 def test_forward_backward_shapes(encoder_ckpt, store_path, backbone, head):
     policy = _policy(encoder_ckpt, backbone=backbone, head=head)
     policy.set_stats(TrajectoryStore.open(store_path).stats)
-    train, val = datasets(policy, store_path, val_ratio=0.34, seed=0, progress=False)
+    train, _val = datasets(policy, store_path, val_ratio=0.34, seed=0, progress=False)
     batch = torch.utils.data.default_collate([train[i] for i in range(5)])
     assert batch["action"].shape == (5, 4, 7)
     loss, metrics = policy(batch)

@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from tests.toto_robot.helpers import moving_squares
-from toto_robot.tokenizer import EMAVectorQuantizer, FSQuantizer, Tokenizer, TokenizerConfig, psnr_uint8, tokenizer_preset
+from toto_robot.tokenizer import (
+    EMAVectorQuantizer,
+    FSQuantizer,
+    Tokenizer,
+    TokenizerConfig,
+    psnr_uint8,
+    tokenizer_preset,
+)
 
 
 def _train(tok: Tokenizer, clips: np.ndarray, steps: int) -> list[dict]:

@@ -23,7 +23,7 @@ from envs.collect import collect
 from envs.experts import make_expert
 from envs.robosuite_env import EnvConfig
 from envs.runner import RolloutRunner, RunnerConfig
-from policies.bc import BCPolicy, build_policy
+from policies.bc import build_policy
 from policies.train import TrainConfig, train_bc
 from pretrain.loops import train_lm, train_tokenizer
 from toto_robot.checkpoint import load_state_dict, save_checkpoint
@@ -131,15 +131,19 @@ def run_demo(cfg: DictConfig) -> Path:
 
         def bc_stage(d: Path, node=node) -> dict:
             policy = build_policy(node, ckpt, tuple(cams), cfg.collect.image_size)
-            runner = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
-                                                output_dir=str(d / "eval"), env=env_cfg))
-            evaluate = lambda p, step: {"success_rate": runner.run(p, name=node["name"])["success_rate"]}
+            evals = {}
+
+            def evaluate(p, step):
+                runner = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
+                                                    output_dir=str(d / f"eval_{step}"), env=env_cfg))
+                evals[step] = runner.run(p, name=node["name"])
+                return {"success_rate": evals[step]["success_rate"]}
+
             res = train_bc(policy, store_path, TrainConfig(**cfg.bc, seed=cfg.seed), d, evaluate=evaluate)
-            best = BCPolicy.load(d / "best")
-            final = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
-                                               output_dir=str(d / "eval_best"), env=env_cfg)).run(best, name=node["name"])
-            return {"policy": node["name"], "success_rate": final["success_rate"], "episodes": final["n_episodes"],
-                    "mean_length": final["mean_length"], "videos": sorted(str(p) for p in (d / "eval_best" / "videos").glob("*.mp4")),
+            best = evals[res["best_step"]]  # the evaluation of the kept checkpoint
+            return {"policy": node["name"], "success_rate": best["success_rate"], "episodes": best["n_episodes"],
+                    "mean_length": best["mean_length"], "best_step": res["best_step"],
+                    "videos": sorted(str(p) for p in (d / f"eval_{res['best_step']}" / "videos").glob("*.mp4")),
                     "loss_curve": [h["loss"] for h in res["history"]["train"]], "checkpoint": str(d / "best")}
 
         bc_results.append(_stage(out, f"bc_{node['name']}", pick("collect", "tokenizer", "tokenizer_train", "model",
@@ -194,8 +198,8 @@ def write_summary(out: Path, cfg: DictConfig, col: dict, tok: dict, lm: dict, en
     videos = sorted(p.name for p in (out / "videos").glob("*.mp4"))
     text = "\n".join([
         f"# toto-demo report: {cfg.collect.task}", "",
-        f"Behavior cloning from {col['episodes']} scripted demonstrations, evaluated on {cfg.eval.n_episodes} "
-        f"held-out seeds; {cfg.bc.steps} training steps per policy.", "",
+        (f"Behavior cloning from {col['episodes']} scripted demonstrations, evaluated on {cfg.eval.n_episodes} "
+        f"held-out seeds; {cfg.bc.steps} training steps per policy."), "",
         markdown_table(success), "", "## Stages", "", markdown_table(rows), "",
         "![reconstructions](tokenizer_reconstructions.png)", "", "![losses](losses.png)", "",
         "Rollout videos: " + ", ".join(f"[{v}](videos/{v})" for v in videos), "",
