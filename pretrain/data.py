@@ -332,7 +332,7 @@ def build_source(name: str, node: dict, size: int, clip_frames: int, stride: int
     kind = node.pop("kind", None)
     if kind not in SOURCE_KINDS:
         raise SourceError(f"source {name!r}: expected kind in {SOURCE_KINDS}, got {kind!r}")
-    common = dict(size=size, clip_frames=clip_frames, stride=stride, weight=float(node.pop("weight", 1.0)))
+    common = {"size": size, "clip_frames": clip_frames, "stride": stride, "weight": float(node.pop("weight", 1.0))}
     allowed = {"videos": {"root", "manifest"}, "images": {"root"}, "zarr": {"root", "keys"},
                "generated": {"root", "n_videos", "frames", "video_size", "seed"}}[kind]
     if "root" not in node or node["root"] in (None, ""):

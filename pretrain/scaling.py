@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from pretrain.trainer import TrainConfig, pretrain  # noqa: E402
+from pretrain.trainer import TrainConfig, pretrain
 
 PAPER_EXPONENT = -0.0378
 PAPER_COEFFICIENT = 7.32

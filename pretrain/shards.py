@@ -164,7 +164,7 @@ class TokenShards:
             arr = root[name]["ids"]
             self.arrays[name] = arr[:n] if arr.nbytes <= in_memory_bytes else arr
             self.kinds[name] = progress[name]["kind"]
-            n_held = int(round(n * held_out)) if n > 1 else 0
+            n_held = round(n * held_out) if n > 1 else 0
             if held_out > 0 and n > 1:
                 n_held = max(1, n_held)
             self.split[name] = (n - n_held, n)  # train = [0, a), held out = [a, n)
@@ -188,9 +188,8 @@ class TokenShards:
     def clips(self, name: str, index: np.ndarray, split: str = "train") -> np.ndarray:
         """(len(index), T, h, w) int64 token grids by position within the split."""
         offset = 0 if split == "train" else self.split[name][0]
-        idx = np.asarray(index) + offset
-        order = np.argsort(idx, kind="stable")  # zarr wants increasing coordinates
-        out = np.empty((len(idx), *self.arrays[name].shape[1:]), dtype=np.int64)
-        out[order] = np.asarray(self.arrays[name][np.sort(idx)] if isinstance(self.arrays[name], np.ndarray)
-                                else self.arrays[name].get_orthogonal_selection(np.sort(idx)))
-        return out
+        arr = self.arrays[name]
+        # Read each distinct clip once, in increasing order (what zarr's orthogonal selection wants).
+        uniq, inverse = np.unique(np.asarray(index) + offset, return_inverse=True)
+        rows = arr[uniq] if isinstance(arr, np.ndarray) else arr.get_orthogonal_selection((uniq,))
+        return np.asarray(rows, dtype=np.int64)[inverse]

@@ -175,7 +175,7 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 # Full (unsharded) state dicts keyed by parameter name, whatever the wrapping (none, DDP, FSDP2). The
 # optimizer state is flattened by hand below: torch's own flattening does not load back with
 # full_state_dict=True (KeyError on 'param_groups.0.params.0' in torch 2.11).
-_STATE_OPTIONS = dict(full_state_dict=True, cpu_offload=True)
+_STATE_OPTIONS = {"full_state_dict": True, "cpu_offload": True}
 _SEP = "::"
 
 

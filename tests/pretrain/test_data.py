@@ -3,8 +3,18 @@ import json
 import numpy as np
 import pytest
 
-from pretrain.data import (ImageSource, Mixture, SkipLog, Source, SourceError, VideoSource, ZarrSource,
-                           build_source, clip_indices, item_clips)
+from pretrain.data import (
+    ImageSource,
+    Mixture,
+    SkipLog,
+    Source,
+    SourceError,
+    VideoSource,
+    ZarrSource,
+    build_source,
+    clip_indices,
+    item_clips,
+)
 from tests.pretrain.helpers import CLIP, SIZE, STRIDE, gray_video, square_videos
 from toto_robot.store import TrajectoryStore
 

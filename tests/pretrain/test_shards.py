@@ -7,7 +7,7 @@ import zarr
 
 from pretrain.data import VideoSource
 from pretrain.shards import PROGRESS_FILE, TokenShards, load_tokenizer, tokenize_sources
-from tests.pretrain.helpers import CLIP, SIZE, STRIDE, make_shards, square_videos
+from tests.pretrain.helpers import CLIP, SIZE, STRIDE, make_shards
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,10 @@ def test_shards_round_trip_the_tokenizer_ids(shards_dir):
     np.testing.assert_array_equal(shards.clips("videos", np.arange(n_train)), want[:n_train])
     np.testing.assert_array_equal(shards.clips("videos", np.array([1, 0]), "held_out"), want[[n_train + 1, n_train]])
     assert zarr.open_group(path, mode="r")["videos"]["ids"].dtype == np.uint16
+    lazy = TokenShards(path, held_out=0.25, in_memory_bytes=0)  # read from zarr on demand, not loaded
+    assert not isinstance(lazy.arrays["videos"], np.ndarray)
+    pick = np.array([3, 0, 3, 1])
+    np.testing.assert_array_equal(lazy.clips("videos", pick), want[pick])
 
 
 def test_resume_after_a_crash_between_append_and_commit(shards_dir, tmp_path):
