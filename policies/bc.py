@@ -304,6 +304,9 @@ def _build_encoder(cfg: PolicyConfig) -> TotoEncoder:
 
 def build_policy(node: dict, encoder_checkpoint: str | Path | None, cameras: tuple[str, ...], image_size: int) -> BCPolicy:
     """A policy from a `configs/policy/*.yaml` node (its `name` is only a label)."""
+    if node.get("scripted") or "_target_" in node:
+        raise ValueError(f"policy {node.get('name')!r} is not a trainable behavior-cloning policy "
+                         f"(choose one of toto_mlp, toto_act, toto_random, cnn)")
     node = {k: v for k, v in node.items() if k != "name"}
     node["cameras"] = tuple(cameras)
     if node.get("backbone", "toto") == "cnn":

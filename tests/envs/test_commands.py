@@ -36,7 +36,9 @@ def test_collect_then_eval(tmp_path):
     [
         ("collect", "env.task=Pour", "unknown task 'Pour'; valid tasks: Lift, Stack, PickPlaceCan, Door"),
         ("evaluate", "env.cameras=[wrist]", "unknown camera 'wrist' for task Lift; valid cameras:"),
-        ("evaluate", "policy=smart", "unknown policy 'smart'; valid policies: expert, random"),
+        ("evaluate", "policy=smart", "Could not find 'policy/smart'"),
+        ("evaluate", "policy=toto_mlp", "expected a scripted policy (policy=expert, policy=random) or a trained one"),
+        ("collect", "policy=toto_mlp", "toto-collect rolls out scripted policies"),
     ],
 )
 def test_bad_input_exits_with_a_clear_message(tmp_path, command, override, message):

@@ -25,9 +25,18 @@ from toto_robot.store import TrajectoryStore
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
+def scripted_policy_name(node) -> str:
+    """`policy` is a node of configs/policy; collection takes the scripted ones (expert, random)."""
+    if not node.get("scripted", False):
+        raise ValueError(f"policy: toto-collect rolls out scripted policies (policy=expert or policy=random), "
+                         f"got {node.get('name')!r}")
+    return node.name
+
+
 def run(cfg: DictConfig) -> TrajectoryStore:
     env_config = instantiate(cfg.env, _convert_="all")
-    policy = make_policy(cfg.policy, env_config.task, cfg.expert_noise)
+    name = scripted_policy_name(cfg.policy)
+    policy = make_policy(name, env_config.task, cfg.expert_noise)
     output = Path(cfg.output) if cfg.output else Path("outputs/demos") / f"{env_config.task}.zarr"
     store = collect(
         output,
@@ -38,7 +47,7 @@ def run(cfg: DictConfig) -> TrajectoryStore:
         n_workers=cfg.n_workers,
         seed_start=cfg.seed_start,
         max_attempts=cfg.max_attempts,
-        source=f"{cfg.policy}(noise={cfg.expert_noise})" if cfg.policy == "expert" else cfg.policy,
+        source=f"{name}(noise={cfg.expert_noise})" if name == "expert" else name,
         progress=cfg.progress,
     )
     print(f"wrote {store.n_episodes} episodes ({store.n_steps} steps) to {store.path}")

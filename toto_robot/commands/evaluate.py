@@ -5,8 +5,8 @@
     toto-eval env.task=Stack n_episodes=50 env.cameras=[] n_videos=0     # fast: no rendering
 
 Seeds start at 100000, disjoint from collection seeds. Writes eval.json (metrics, per-episode results, the
-resolved config) and videos/seed_<seed>.mp4 into output_dir. `policy` is "expert", "random", or a config
-whose _target_ builds a policy with reset() and select_action(obs).
+resolved config) and videos/seed_<seed>.mp4 into output_dir. `policy` picks from configs/policy: "expert",
+"random", or "checkpoint" with policy.path=<a trained BC policy directory>.
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 def run(cfg: DictConfig) -> dict:
     env_config = instantiate(cfg.env, _convert_="all")
-    if isinstance(cfg.policy, str):
-        policy = make_policy(cfg.policy, env_config.task, cfg.expert_noise)
-        name = cfg.policy_name or cfg.policy
-    elif OmegaConf.is_dict(cfg.policy) and "_target_" in cfg.policy:
-        policy = instantiate(cfg.policy)
-        name = cfg.policy_name or cfg.policy._target_.rsplit(".", 1)[-1]
+    node = OmegaConf.to_container(cfg.policy, resolve=True)
+    kind = node.pop("name")
+    name = cfg.policy_name or kind
+    if "_target_" in node:  # e.g. policy=checkpoint policy.path=... (a trained BC policy)
+        policy = instantiate(node)
+    elif node.get("scripted", False):
+        policy = make_policy(kind, env_config.task, cfg.expert_noise)
     else:
-        raise ValueError(f"policy: expected 'expert', 'random' or a config with _target_, got {cfg.policy}")
+        raise ValueError(f"policy: expected a scripted policy (policy=expert, policy=random) or a trained one "
+                         f"(policy=checkpoint policy.path=...), got {name!r}")
     output_dir = cfg.output_dir or str(Path("outputs/eval") / f"{env_config.task}-{name}")
     runner = RolloutRunner(
         RunnerConfig(
