@@ -148,7 +148,7 @@ class BCPolicy(nn.Module):
         self.register_buffer("action_max", torch.ones(cfg.action_dim))
         self.register_buffer("proprio_mean", torch.zeros(proprio_dim))
         self.register_buffer("proprio_std", torch.ones(proprio_dim))
-        self._streams: dict[str, StreamingEncoder] = {}
+        self._stream: StreamingEncoder | None = None
         self._queue: deque = deque()
         self._ensemble: list[tuple[int, torch.Tensor]] = []
         self._t = 0
@@ -224,25 +224,30 @@ class BCPolicy(nn.Module):
         self._queue.clear()
         self._ensemble.clear()
         self._t = 0
-        for s in self._streams.values():
-            s.reset()
+        if self._stream is not None:
+            self._stream.reset()
 
-    def _stream_features(self, camera: str, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        frame = torch.as_tensor(np.asarray(image))[None]  # (1, H, W, 3)
+    def _stream_features(self, images: list) -> list[torch.Tensor]:
+        """One frame per camera -> per camera (1, N, C) features. The cameras stream side by side as one
+        batch through a single streaming encoder, exactly as the feature cache computed them."""
+        frames = torch.stack([torch.as_tensor(np.asarray(im)) for im in images])  # (cameras, H, W, 3)
         if self.encoder is None:
-            return self.cnn(as_frames(frame[:, None], size_multiple=16)[:, 0].to(self._device))
-        if camera not in self._streams:
-            self._streams[camera] = StreamingEncoder(self.encoder, window=self.cfg.encoder_window)
-        return self._streams[camera].step(frame).features[:, 0]
+            feats = self.cnn(as_frames(frames[:, None], size_multiple=16)[:, 0].to(self._device))
+        else:
+            if self._stream is None:
+                self._stream = StreamingEncoder(self.encoder, window=self.cfg.encoder_window)
+            feats = self._stream.step(frames).features[:, 0]
+        return [f[None] for f in feats]
 
     @torch.no_grad()
     def _observe(self, obs: dict[str, Any]) -> torch.Tensor:
-        """Consume one observation (every camera's stream advances by a frame) -> unnormalized chunk (chunk, A)."""
+        """Consume one observation (the encoder's stream advances by a frame) -> unnormalized chunk (chunk, A)."""
         missing = [k for k in (*self.cfg.cameras, *self.cfg.proprio_keys) if k not in obs]
         if missing:
             raise ValueError(f"observation: expected keys {list(self.cfg.cameras + self.cfg.proprio_keys)}, "
                              f"missing {missing} (got {sorted(obs)})")
-        batch = {self.feature_key(c): self._stream_features(c, obs[c])[:, None] for c in self.cfg.cameras}
+        feats = self._stream_features([obs[c] for c in self.cfg.cameras])
+        batch = {self.feature_key(c): f[:, None] for c, f in zip(self.cfg.cameras, feats)}
         for k in self.cfg.proprio_keys:
             batch[k] = torch.as_tensor(np.asarray(obs[k], dtype=np.float32)).reshape(1, 1, -1)
         cams, proprio = self._obs_tokens(batch)

@@ -115,8 +115,9 @@ def test_cached_features_equal_streaming_features_at_inference(encoder_ckpt, sto
     cached = cache.episode(1)
     policy.reset()
     for t in range(5):
-        live = policy._stream_features(CAMS[0], ep[CAMS[0]][t])[0]
-        np.testing.assert_allclose(live.numpy(), cached[f"features.{CAMS[0]}"][t], atol=1e-5)
+        live = policy._stream_features([ep[c][t] for c in CAMS])
+        for cam, f in zip(CAMS, live):
+            np.testing.assert_allclose(f[0].numpy(), cached[f"features.{cam}"][t], atol=1e-5)
     np.testing.assert_array_equal(cached["action"], ep["action"])
 
 

@@ -135,7 +135,8 @@ def run_demo(cfg: DictConfig) -> Path:
 
             def evaluate(p, step):
                 runner = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
-                                                    output_dir=str(d / f"eval_{step}"), env=env_cfg))
+                                                    n_workers=cfg.eval.n_workers, output_dir=str(d / f"eval_{step}"),
+                                                    env=env_cfg))
                 evals[step] = runner.run(p, name=node["name"])
                 return {"success_rate": evals[step]["success_rate"]}
 
