@@ -25,6 +25,7 @@ from envs.robosuite_env import EnvConfig
 from envs.runner import RolloutRunner, RunnerConfig
 from policies.bc import build_policy
 from policies.train import TrainConfig, train_bc
+from pretrain.data import ZarrSource
 from pretrain.loops import train_lm, train_tokenizer
 from toto_robot.checkpoint import load_state_dict, save_checkpoint
 from toto_robot.config import model_config, tokenizer_config
@@ -32,7 +33,6 @@ from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
 from toto_robot.model import Transformer, clip_to_sequence
 from toto_robot.report import markdown_table, save_curves, save_reconstructions
 from toto_robot.stages import finished, mark_finished
-from toto_robot.store import TrajectoryStore
 from toto_robot.tokenizer import Tokenizer, psnr_uint8
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
@@ -52,19 +52,6 @@ def _stage(out: Path, name: str, settings: dict, run) -> dict:
     return mark_finished(stage_dir, settings, results)
 
 
-def store_clips(store: TrajectoryStore, cameras: list[str], frames: int, stride: int) -> np.ndarray:
-    """Every camera of every episode as a video: non-overlapping clips of `frames` frames taken one in
-    every `stride` steps -> (N, frames, H, W, 3) uint8."""
-    clips = []
-    for i in range(store.n_episodes):
-        for cam in cameras:
-            video = store.episode(i, keys=[cam])[cam][::stride]
-            clips += [video[s: s + frames] for s in range(0, len(video) - frames + 1, frames)]
-    if not clips:
-        raise ValueError(f"no episode has {frames * stride} steps to make a clip of {frames} frames (stride {stride})")
-    return np.stack(clips)
-
-
 def run_demo(cfg: DictConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,8 +69,9 @@ def run_demo(cfg: DictConfig) -> Path:
         return {"episodes": store.n_episodes, "steps": store.n_steps}
 
     col = _stage(out, "collect", pick("collect"), collect_stage)
-    store = TrajectoryStore.open(store_path)
-    clips = store_clips(store, cams, cfg.pretrain.clip_frames, cfg.pretrain.frame_stride)
+    source = ZarrSource("demonstrations", store_path, keys=cams, size=cfg.collect.image_size,
+                        clip_frames=cfg.pretrain.clip_frames, stride=cfg.pretrain.frame_stride)
+    clips = np.stack([clip for item in source.items() for clip in source.clips(item)])  # (N, F, H, W, 3)
     n_held = max(1, len(clips) // 10)
     train_clips, held_out = clips[:-n_held], clips[-n_held:]
     tok_cfg = tokenizer_config(OmegaConf.to_container(cfg.tokenizer))
