@@ -31,7 +31,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
     return rank, world, torch.device("cpu")
 
 
-def parallelize(model: nn.Module, strategy: str = "none", compile: bool = False) -> nn.Module:
+def parallelize(model: nn.Module, strategy: str = "none", compile: bool = False,
+                compile_backend: str = "inductor") -> nn.Module:
     """Wrap a Transformer for data parallel training: DDP, or FSDP2 (`fully_shard` per block, then the
     root); optionally torch.compile each block. Returns the module to train."""
     if strategy not in STRATEGIES:
@@ -39,8 +40,8 @@ def parallelize(model: nn.Module, strategy: str = "none", compile: bool = False)
     if strategy != "none" and not dist.is_initialized():
         raise ValueError(f"parallel strategy {strategy!r} needs torch.distributed (launch with torchrun)")
     if compile:
-        for i, block in enumerate(model.layers):
-            model.layers[i] = torch.compile(block)
+        for block in model.layers:
+            block.compile(backend=compile_backend)  # in place: parameter names (and checkpoints) unchanged
     if strategy == "ddp":
         device_ids = [torch.cuda.current_device()] if torch.cuda.is_available() else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
