@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies.features import feature_key
 from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
 from toto_robot.encoder import AttentivePooler, StreamingEncoder, TotoEncoder, load_toto
 from toto_robot.frames import as_frames
@@ -171,10 +172,6 @@ class BCPolicy(nn.Module):
         return (a.clamp(-1, 1) + 1) / 2 * (self.action_max - self.action_min) + self.action_min
 
     # ---------------------------------------------------------------- encoding
-    def feature_key(self, camera: str) -> str:
-        """Batch key under which cached frozen-encoder features of `camera` arrive."""
-        return f"features.{camera}"
-
     def encode_images(self, camera: str, images: torch.Tensor) -> torch.Tensor:
         """Frames (B, H, W, 3) uint8 -> token features (B, N, C); frozen Toto features come per frame
         without temporal context here (training with window > 1 uses cached streaming features)."""
@@ -186,7 +183,7 @@ class BCPolicy(nn.Module):
         """Per camera (B, N, C) features, and the proprio embedding (B, d), from the newest step."""
         cams = []
         for c in self.cfg.cameras:
-            fk = self.feature_key(c)
+            fk = feature_key(c)
             if fk in batch:
                 feats = batch[fk][:, -1].float()  # (B, N, C) cached
             else:
@@ -247,7 +244,7 @@ class BCPolicy(nn.Module):
             raise ValueError(f"observation: expected keys {list(self.cfg.cameras + self.cfg.proprio_keys)}, "
                              f"missing {missing} (got {sorted(obs)})")
         feats = self._stream_features([obs[c] for c in self.cfg.cameras])
-        batch = {self.feature_key(c): f[:, None] for c, f in zip(self.cfg.cameras, feats)}
+        batch = {feature_key(c): f[:, None] for c, f in zip(self.cfg.cameras, feats)}
         for k in self.cfg.proprio_keys:
             batch[k] = torch.as_tensor(np.asarray(obs[k], dtype=np.float32)).reshape(1, 1, -1)
         cams, proprio = self._obs_tokens(batch)

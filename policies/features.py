@@ -37,8 +37,13 @@ def cache_key(encoder: TotoEncoder, store: TrajectoryStore, cameras: tuple[str, 
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def feature_key(camera: str) -> str:
+    """Key of a camera's cached features, in the cache store and in training batches."""
+    return f"features.{camera}"
+
+
 def feature_store(store_path: str | Path, encoder: TotoEncoder, cameras: tuple[str, ...], window: int,
-                  feature_key=lambda cam: f"features.{cam}", progress: bool = True) -> Path:
+                  progress: bool = True) -> Path:
     """Return the path of the feature cache for this store/encoder/window, computing what is missing."""
     store = TrajectoryStore.open(store_path)
     missing = [c for c in cameras if c not in store.image_keys]

@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policies.bc import BCPolicy
-from policies.features import feature_store
+from policies.features import feature_key, feature_store
 from toto_robot.sampler import WindowDataset, split_episodes
 from toto_robot.store import TrajectoryStore
 
@@ -48,9 +48,8 @@ def datasets(policy: BCPolicy, store_path: str | Path, val_ratio: float, seed: i
     cfg = policy.cfg
     store = TrajectoryStore.open(store_path)
     if policy.encoder is not None:
-        source = feature_store(store_path, policy.encoder, cfg.cameras, cfg.encoder_window,
-                               feature_key=policy.feature_key, progress=progress)
-        obs_keys = [policy.feature_key(c) for c in cfg.cameras]
+        source = feature_store(store_path, policy.encoder, cfg.cameras, cfg.encoder_window, progress=progress)
+        obs_keys = [feature_key(c) for c in cfg.cameras]
     else:
         source, obs_keys = store_path, list(cfg.cameras)
     horizons = {k: 1 for k in (*obs_keys, *cfg.proprio_keys)} | {"action": cfg.chunk}

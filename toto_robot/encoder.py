@@ -32,6 +32,7 @@ from torch import nn
 from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
 from toto_robot.frames import as_frames
 from toto_robot.model import ModelConfig, Transformer, apply_rope, clip_to_sequence, rope_cos_sin
+from toto_robot.parallel import autocast
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
 POOLINGS = ("mean", "attentive")
@@ -142,8 +143,7 @@ class TotoEncoder(nn.Module):
         return self.model.tok_emb.weight.device
 
     def autocast(self):
-        """bf16 autocast on CUDA; a no-op on CPU, where float32 is faster and exact."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return autocast(self.device)
 
     def check_frames(self, frames, max_frames: int | None = None) -> None:
         as_frames(frames, size_multiple=self.tokenizer.cfg.downsample, image_size=self.image_size,
