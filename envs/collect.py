@@ -50,6 +50,16 @@ def open_or_create(path: Path, env_config: EnvConfig, source: str, seed_start: i
     return store
 
 
+def resume_seed(store: TrajectoryStore) -> int:
+    """The first seed not yet tried: past `next_seed` and past every stored episode's seed.
+
+    `next_seed` is written after each episode's commit, so a kill in between leaves it one behind the
+    episode just stored; the stored seeds cover that gap.
+    """
+    seeds = [store.episode_meta(i)["seed"] for i in range(store.n_episodes)]
+    return max([int(store.attrs["next_seed"])] + [s + 1 for s in seeds if s is not None])
+
+
 def collect(
     path: str | Path,
     policy: Policy,
@@ -79,7 +89,7 @@ def collect(
     if missing <= 0:
         return store
     max_attempts = 2 * missing + 10 if max_attempts is None else max_attempts
-    next_seed = int(store.attrs["next_seed"])
+    next_seed = resume_seed(store)
     if next_seed + max_attempts > EVAL_SEED_START:
         raise ValueError(f"collection seeds would reach {EVAL_SEED_START}, where evaluation seeds start")
     instruction = TASKS[env_config.task].instruction

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from envs.collect import collect, store_schema
+from envs.collect import collect, resume_seed, store_schema
 from envs.experts import make_expert
 from envs.random_policy import RandomPolicy
 from envs.robosuite_env import EnvConfig
@@ -43,6 +43,15 @@ def test_failed_episodes_kept_only_on_request(tmp_path):
         collect(tmp_path / "b.zarr", RandomPolicy(), config, n_episodes=1, max_attempts=3, progress=False)
     # the failed attempts are remembered: a second run starts at the next seed
     assert TrajectoryStore.open(tmp_path / "b.zarr").attrs["next_seed"] == 3
+
+
+def test_resume_after_a_kill_between_commit_and_next_seed_does_not_repeat_a_seed(tmp_path):
+    config = EnvConfig(task="Lift", cameras=(), horizon=4)
+    store = collect(tmp_path / "a.zarr", RandomPolicy(), config, n_episodes=2, keep_failed=True, progress=False)
+    store.update_attrs({"next_seed": 1})  # as if killed after storing seed 1 but before recording next_seed
+    assert resume_seed(TrajectoryStore.open(tmp_path / "a.zarr")) == 2
+    store = collect(tmp_path / "a.zarr", RandomPolicy(), config, n_episodes=3, keep_failed=True, progress=False)
+    assert [store.episode_meta(i)["seed"] for i in range(3)] == [0, 1, 2]
 
 
 def test_collection_seeds_stay_below_evaluation_seeds(tmp_path):
