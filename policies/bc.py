@@ -236,13 +236,25 @@ class BCPolicy(nn.Module):
             feats = self._stream.step(frames).features[:, 0]
         return [f[None] for f in feats]
 
-    @torch.no_grad()
-    def _observe(self, obs: dict[str, Any]) -> torch.Tensor:
-        """Consume one observation (the encoder's stream advances by a frame) -> unnormalized chunk (chunk, A)."""
-        missing = [k for k in (*self.cfg.cameras, *self.cfg.proprio_keys) if k not in obs]
+    def _check_keys(self, obs: dict[str, Any], keys: tuple[str, ...]) -> None:
+        missing = [k for k in keys if k not in obs]
         if missing:
-            raise ValueError(f"observation: expected keys {list(self.cfg.cameras + self.cfg.proprio_keys)}, "
-                             f"missing {missing} (got {sorted(obs)})")
+            raise ValueError(f"observation: expected keys {list(keys)}, missing {missing} (got {sorted(obs)})")
+
+    @torch.no_grad()
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Advance the streaming encoder by this frame without predicting (a frame the control loop does not
+        act on), so its temporal context stays what the feature cache computed: one frame per step. Nothing
+        to advance without temporal context (window 1, or the CNN baseline)."""
+        if self.encoder is None or self.cfg.encoder_window == 1:
+            return
+        self._check_keys(obs, self.cfg.cameras)
+        self._stream_features([obs[c] for c in self.cfg.cameras])
+
+    @torch.no_grad()
+    def _act(self, obs: dict[str, Any]) -> torch.Tensor:
+        """Consume one observation (the encoder's stream advances by a frame) -> unnormalized chunk (chunk, A)."""
+        self._check_keys(obs, (*self.cfg.cameras, *self.cfg.proprio_keys))
         feats = self._stream_features([obs[c] for c in self.cfg.cameras])
         batch = {feature_key(c): f[:, None] for c, f in zip(self.cfg.cameras, feats)}
         for k in self.cfg.proprio_keys:
@@ -252,14 +264,14 @@ class BCPolicy(nn.Module):
 
     def predict_action_chunk(self, obs: dict[str, Any]) -> np.ndarray:
         """The next `chunk` actions (chunk, A); advances the streaming encoder by this frame."""
-        return self._observe(obs).cpu().numpy()
+        return self._act(obs).cpu().numpy()
 
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
         """One action (A,). Every call feeds the frame to the encoder so its temporal context stays
         what training saw; a new chunk is predicted every step (ensembling) or when the queue empties."""
         if self.training:
             raise RuntimeError("select_action: call policy.eval() first (dropout would perturb actions)")
-        chunk = self._observe(obs)
+        chunk = self._act(obs)
         t, self._t = self._t, self._t + 1
         if self.cfg.temporal_ensemble is not None:
             self._ensemble = [(t0, c) for t0, c in self._ensemble if t - t0 < self.cfg.chunk] + [(t, chunk)]

@@ -3,8 +3,13 @@ in Python, never in the YAML."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from toto_robot.model import ModelConfig, model_preset
 from toto_robot.tokenizer import TokenizerConfig, tokenizer_preset
+
+# The hydra config tree of every command line (the repository's top-level `configs/`).
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def _split_preset(node: dict, what: str) -> tuple[str, dict]:

@@ -5,7 +5,8 @@
 
 `robot` is anything with the `ControlRobot` shape (envs/robot.py adapts any LeRobot `Robot` to it): it returns
 observations keyed as the policy expects, each with the time it was captured, and takes action vectors.
-`policy` is any `toto_robot.policy_api.Policy`; the loop calls only `reset()` and `predict_action_chunk(obs)`.
+`policy` is any `toto_robot.policy_api.Policy`; the loop calls only `reset()` and `predict_action_chunk(obs)`,
+and `observe(obs)` for the frames it does not predict from when the policy has temporal state (`ObservingPolicy`).
 
 Timing. Tick k is due at t0 + k / rate_hz; the loop sleeps until then, reads an observation, hands it to a
 background inference worker, and sends the action planned for tick k. The worker computes a chunk of H actions
@@ -39,6 +40,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,6 +51,7 @@ from lerobot.utils.robot_utils import precise_sleep
 from torch import nn
 
 from toto_robot.encoder import StreamingEncoder
+from toto_robot.policy_api import ObservingPolicy
 from toto_robot.store import TrajectoryStore
 
 logger = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ class LoopConfig:
     chunk_rule: str = "switch"  # "switch": a new chunk replaces the plan; "blend": cross-fade into it
     blend_steps: int = 4  # "blend": ticks over which the new chunk's weight ramps up to 1
     infer_every: int = 1  # hand every n-th observation to the inference worker
+    observe_backlog: int = 4  # frames a stateful policy may still have to `observe`; older ones go unseen
     max_obs_age_s: float = 0.2  # an observation older than this when the action is chosen -> hold
     max_hold_s: float = 1.0  # holding (for any reason) longer than this -> safe stop
 
@@ -85,6 +89,8 @@ class LoopConfig:
         for name in ("n_steps", "blend_steps", "infer_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoopConfig.{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.observe_backlog < 0:
+            raise ValueError(f"LoopConfig.observe_backlog: expected an integer >= 0, got {self.observe_backlog}")
         if self.chunk_rule not in CHUNK_RULES:
             raise ValueError(f"LoopConfig.chunk_rule: expected one of {CHUNK_RULES}, got {self.chunk_rule!r}")
         for name in ("max_obs_age_s", "max_hold_s"):
@@ -197,25 +203,38 @@ class Chunk:
 class InferenceWorker:
     """A thread that runs `policy.predict_action_chunk` on the newest submitted observation.
 
-    `submit` never blocks: an observation still waiting when a newer one arrives is replaced (counted in
-    `skipped`). `poll` returns the newest finished chunk, or None. torch releases the GIL inside its kernels,
-    so inference overlaps the control loop's robot I/O and sleeping."""
+    `submit` never blocks. A prediction still waiting when a newer one arrives is not made (counted in
+    `skipped`). A policy with temporal state (`ObservingPolicy`) still gets that frame, and every frame
+    submitted with `predict=False`, through `observe`, in tick order, so its stream sees every frame. When
+    inference falls behind, at most `observe_backlog` such frames wait before the newest prediction; older ones
+    are dropped unseen (counted in `unseen`), so a slow policy loses context rather than freshness; 0 turns
+    `observe` off. `poll` returns the newest finished chunk, or None. torch releases the GIL inside its kernels, so inference overlaps the control
+    loop's robot I/O and sleeping."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, observe_backlog: int = 4):
         self.policy = policy
+        self.observes = observe_backlog > 0 and isinstance(policy, ObservingPolicy)
+        self.observe_backlog = observe_backlog
         self.skipped = 0
+        self.unseen = 0
         self._cond = threading.Condition()
-        self._pending: tuple[int, dict[str, np.ndarray]] | None = None
+        self._pending: deque[tuple[int, dict[str, np.ndarray], bool]] = deque()
         self._result: Chunk | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="toto-inference", daemon=True)
         self._thread.start()
 
-    def submit(self, tick: int, obs: dict[str, np.ndarray]) -> None:
+    def submit(self, tick: int, obs: dict[str, np.ndarray], predict: bool = True) -> None:
         with self._cond:
-            if self._pending is not None:
-                self.skipped += 1
-            self._pending = (tick, obs)
+            if not self.observes:
+                if not predict:
+                    return  # a policy without temporal state has no use for it
+                self.skipped += len(self._pending)
+                self._pending.clear()
+            elif len(self._pending) > self.observe_backlog:  # the backlog, plus the newest prediction
+                self.skipped += self._pending.popleft()[2]
+                self.unseen += 1
+            self._pending.append((tick, obs, predict))
             self._cond.notify()
 
     def poll(self) -> Chunk | None:
@@ -232,19 +251,26 @@ class InferenceWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._pending is None and not self._closed:
+                while not self._pending and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return
-                (tick, obs), self._pending = self._pending, None
-            t_start = time.perf_counter()
-            try:
-                actions, error = np.asarray(self.policy.predict_action_chunk(obs), dtype=np.float32), None
-            except Exception as exc:  # noqa: BLE001  (any failure is reported to the loop, which stops the robot)
-                actions, error = None, exc
-            chunk = Chunk(tick, actions, t_start, time.perf_counter(), error)
-            with self._cond:
-                self._result = chunk
+                batch = list(self._pending)
+                self._pending.clear()
+            newest = max((i for i, (_, _, predict) in enumerate(batch) if predict), default=-1)
+            self.skipped += sum(predict for _, _, predict in batch[:newest])
+            for i, (tick, obs, _) in enumerate(batch):
+                t_start = time.perf_counter()
+                try:
+                    if i != newest:
+                        self.policy.observe(obs)
+                        continue
+                    actions, error = np.asarray(self.policy.predict_action_chunk(obs), dtype=np.float32), None
+                except Exception as exc:  # noqa: BLE001  (any failure is reported to the loop, which stops the robot)
+                    actions, error = None, exc
+                chunk = Chunk(tick, actions, t_start, time.perf_counter(), error)
+                with self._cond:
+                    self._result = chunk
 
 
 class ActionPlan:
@@ -411,7 +437,7 @@ class _Episode:
         if stop is not None:
             self.event(0, "policy_output", stop)
             return STOPPED, stop
-        self.worker = InferenceWorker(self.policy)
+        self.worker = InferenceWorker(self.policy, self.loop.observe_backlog)
         self.t0 = time.perf_counter()
         return None, ""
 
@@ -440,8 +466,8 @@ class _Episode:
                     hold_kind, detail = "hold_invalid", "non-finite observation"
                 elif age > loop.max_obs_age_s:
                     hold_kind, detail = "hold_stale", f"observation {age * 1e3:.0f} ms old"
-                elif tick % loop.infer_every == 0:
-                    self.worker.submit(tick, obs.data)
+                else:
+                    self.worker.submit(tick, obs.data, predict=tick % loop.infer_every == 0)
             planned = None if hold_kind else self.plan.action_at(tick)
             if hold_kind is None and planned is None:
                 hold_kind, detail = "hold_no_action", "no planned action for this tick"
@@ -498,6 +524,7 @@ class _Episode:
             "chunks": self.chunks,
             "dropped_actions": self.dropped,
             "skipped_observations": getattr(getattr(self, "worker", None), "skipped", 0),
+            "unseen_observations": getattr(getattr(self, "worker", None), "unseen", 0),
             **_percentiles_ms(self.step_s, "step"),
             **_percentiles_ms(self.inference_s, "inference"),
         }
@@ -615,6 +642,12 @@ class ReferencePolicy(nn.Module):
             raise ValueError(f"observation state: expected {self.config.state_dim} values from "
                              f"{self.config.state_keys}, found {state.numel()}")
         return frames, state
+
+    @torch.no_grad()
+    def observe(self, obs: Mapping[str, Any]) -> None:
+        """Advance the streaming encoder by this frame without predicting (nothing to do for a one-frame window)."""
+        if self.stream.window > 1:
+            self.stream.step(self._inputs(obs)[0].to(self.encoder.device))
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: Mapping[str, Any]) -> np.ndarray:

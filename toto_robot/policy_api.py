@@ -23,3 +23,12 @@ class Policy(Protocol):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Training: a batch from the sampler -> (loss, metrics)."""
+
+
+@runtime_checkable
+class ObservingPolicy(Policy, Protocol):
+    """A policy with temporal state (a streaming encoder) that also takes frames it does not act on."""
+
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Advance the temporal state by one observation without predicting. The deployment loop feeds
+        every frame it does not hand to `predict_action_chunk`, so the state sees the frame rate training saw."""

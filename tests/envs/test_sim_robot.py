@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from envs.robot import LeRobotAdapter, RobotMapping, lerobot_robot_config, make_lerobot_robot
 from envs.sim_robot import ACTION_NAMES, STATE_NAMES, FaultConfig, FaultyRobot, SimRobot, SimRobotConfig
 from tests.toto_robot.helpers import tiny_models
+from toto_robot.config import CONFIG_DIR
 from toto_robot.deploy import (
     COMPLETED,
     DISCONNECTED,
@@ -28,7 +29,7 @@ from toto_robot.deploy import (
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.store import TrajectoryStore
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(CONFIG_DIR)
 STATE = {key: list(names) for key, names in STATE_NAMES.items()}
 SAFETY = SafetyConfig(hold_keep=[6])
 

@@ -121,6 +121,28 @@ def test_cached_features_equal_streaming_features_at_inference(encoder_ckpt, sto
     np.testing.assert_array_equal(cached["action"], ep["action"])
 
 
+def test_observe_advances_the_stream_like_a_prediction(encoder_ckpt, store_path):
+    """A frame given to `observe` (one the control loop does not act on) leaves the same temporal context
+    as predicting from it; without it, the context differs."""
+    policy = _policy(encoder_ckpt, encoder_window=2).eval()
+    ep = TrajectoryStore.open(store_path).episode(0)
+    obs = [{k: ep[k][t] for k in (*CAMS, *PROPRIO)} for t in range(3)]
+
+    def last_chunk(steps):
+        policy.reset()
+        for kind, o in steps:
+            out = policy.predict_action_chunk(o) if kind == "predict" else policy.observe(o)
+        return out
+
+    every = last_chunk([("predict", obs[0]), ("predict", obs[1]), ("predict", obs[2])])
+    observed = last_chunk([("predict", obs[0]), ("observe", obs[1]), ("predict", obs[2])])
+    skipped = last_chunk([("predict", obs[0]), ("predict", obs[2])])
+    np.testing.assert_allclose(observed, every, atol=1e-6)
+    assert np.abs(skipped - every).max() > 1e-4
+    with pytest.raises(ValueError, match="missing"):
+        policy.observe({"robot0_eef_pos": np.zeros(3)})
+
+
 def test_feature_cache_reuse_and_invalidation(encoder_ckpt, store_path, tmp_path):
     policy = _policy(encoder_ckpt)
     a = feature_store(store_path, policy.encoder, CAMS, 2, progress=False)

@@ -146,6 +146,53 @@ def test_without_compensation_the_same_policy_would_lag():
     assert plan.action_at(12) is None and plan.action_at(18) is None
 
 
+class ObservingClockPolicy(ClockPolicy):
+    """Records the capture time of every frame it is given, and whether it predicted from it."""
+
+    def __init__(self, period: float, latency: float = 0.0):
+        super().__init__(period, latency)
+        self.seen: list[tuple[str, float]] = []
+
+    def observe(self, obs):
+        self.seen.append(("observe", float(obs["clock"][0])))
+
+    def predict_action_chunk(self, obs):
+        self.seen.append(("predict", float(obs["clock"][0])))
+        return super().predict_action_chunk(obs)
+
+
+def test_a_streaming_policy_sees_every_frame_in_order():
+    loop = LoopConfig(rate_hz=40, n_steps=24, infer_every=3)
+    policy = ObservingClockPolicy(loop.period)
+    result = run_episode(RobotDouble(), policy, loop, LOOSE)
+    assert result.status == COMPLETED and result.timing["unseen_observations"] == 0
+    kinds = [k for k, _ in policy.seen]
+    clocks = np.array([c for _, c in policy.seen])
+    assert (np.diff(clocks) > 0).all()  # every frame once, in capture order
+    # the start frame and every tick's frame (the worker may not have reached the last one or two at the end)
+    assert 1 + loop.n_steps - 2 <= len(policy.seen) <= 1 + loop.n_steps
+    assert kinds[:7] == ["predict", "predict", "observe", "observe", "predict", "observe", "observe"]
+    # a policy without `observe` is only handed the frames it predicts from
+    plain = ClockPolicy(loop.period)
+    run_episode(RobotDouble(), plain, loop, LOOSE)
+    assert plain.calls <= 1 + loop.n_steps // loop.infer_every
+
+
+def test_a_slow_streaming_policy_loses_context_not_freshness():
+    loop = LoopConfig(rate_hz=20, n_steps=30, observe_backlog=1, max_obs_age_s=0.5)
+    policy = ObservingClockPolicy(loop.period, latency=3 * loop.period)  # each call takes three ticks
+    result = run_episode(RobotDouble(), policy, loop, LOOSE)
+    clocks = np.array([c for _, c in policy.seen])
+    assert (np.diff(clocks) > 0).all()
+    assert result.timing["unseen_observations"] > 0 and result.timing["skipped_observations"] > 0
+    # at most one frame is observed before each prediction, so predictions stay fresh
+    kinds = "".join(k[0] for k, _ in policy.seen)
+    assert "oo" not in kinds, kinds
+    off = ObservingClockPolicy(loop.period)
+    run_episode(RobotDouble(), off, LoopConfig(rate_hz=40, n_steps=12, observe_backlog=0), LOOSE)
+    assert {k for k, _ in off.seen} == {"predict"}  # observe_backlog=0 turns observing off
+
+
 def test_blend_cross_fades_and_switch_replaces():
     old = Chunk(0, np.zeros((8, 1), np.float32), 0.0, 0.0)
     new = Chunk(2, np.ones((8, 1), np.float32), 0.0, 0.0)

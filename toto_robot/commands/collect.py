@@ -20,9 +20,8 @@ from omegaconf import DictConfig
 
 from envs import make_policy
 from envs.collect import collect
+from toto_robot.config import CONFIG_DIR
 from toto_robot.store import TrajectoryStore
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def scripted_policy_name(node) -> str:
@@ -54,7 +53,7 @@ def run(cfg: DictConfig) -> TrajectoryStore:
     return store
 
 
-@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="collect")
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="collect")
 def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)

@@ -28,14 +28,12 @@ from policies.train import TrainConfig, train_bc
 from pretrain.data import ZarrSource
 from pretrain.loops import train_lm, train_tokenizer
 from toto_robot.checkpoint import load_state_dict, save_checkpoint
-from toto_robot.config import model_config, tokenizer_config
+from toto_robot.config import CONFIG_DIR, model_config, tokenizer_config
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
 from toto_robot.model import Transformer, clip_to_sequence
 from toto_robot.report import markdown_table, save_curves, save_reconstructions
 from toto_robot.stages import finished, mark_finished
 from toto_robot.tokenizer import Tokenizer, psnr_uint8
-
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def _stage(out: Path, name: str, settings: dict, run) -> dict:
@@ -112,7 +110,7 @@ def run_demo(cfg: DictConfig) -> Path:
     ckpt = out / "pretrain" / "checkpoint"
     enc_res = encode_check(ckpt, held_out[:2], cfg.policy.encoder_window)
 
-    policies = [cfg.policy] + [OmegaConf.load(Path(CONFIGS) / "policy" / f"{b}.yaml") for b in cfg.baselines]
+    policies = [cfg.policy] + [OmegaConf.load(Path(CONFIG_DIR) / "policy" / f"{b}.yaml") for b in cfg.baselines]
     bc_results = []
     for node in policies:
         node = OmegaConf.to_container(node, resolve=True)
@@ -200,7 +198,7 @@ def write_summary(out: Path, cfg: DictConfig, col: dict, tok: dict, lm: dict, en
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-@hydra.main(config_path=CONFIGS, config_name="demo", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="demo", version_base=None)
 def _main(cfg: DictConfig) -> None:
     t0 = time.time()
     out = run_demo(cfg)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.robot import LeRobotAdapter, RobotMapping, make_lerobot_robot
 from envs.sim_robot import FaultConfig, FaultyRobot
+from toto_robot.config import CONFIG_DIR
 from toto_robot.deploy import (
     DISCONNECTED,
     INTERRUPTED,
@@ -38,7 +39,6 @@ from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.model import Transformer, model_preset
 from toto_robot.tokenizer import Tokenizer, tokenizer_preset
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 logger = logging.getLogger("toto-deploy")
 
 
@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> Path:
     return store.path
 
 
-@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="deploy")
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="deploy")
 def _main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -21,8 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs import make_policy
 from envs.runner import RolloutRunner, RunnerConfig
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from toto_robot.config import CONFIG_DIR
 
 
 def run(cfg: DictConfig) -> dict:
@@ -58,7 +57,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="eval")
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="eval")
 def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)

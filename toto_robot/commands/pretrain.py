@@ -10,8 +10,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.trainer import TrainConfig, pretrain
-
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+from toto_robot.config import CONFIG_DIR
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
@@ -20,7 +19,7 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     return TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True), weights=weights)
 
 
-@hydra.main(config_path=CONFIGS, config_name="pretrain/pretrain", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/pretrain", version_base=None)
 def _main(cfg: DictConfig) -> None:
     t0 = time.time()
     res = pretrain(cfg.shards, OmegaConf.to_container(cfg.model, resolve=True), train_config(cfg), cfg.out_dir)

@@ -10,11 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.scaling import GPT3_EXPONENT, PAPER_EXPONENT, run_sweep
 from toto_robot.commands.pretrain import train_config
+from toto_robot.config import CONFIG_DIR
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
-
-@hydra.main(config_path=CONFIGS, config_name="pretrain/scaling", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/scaling", version_base=None)
 def _main(cfg: DictConfig) -> None:
     t0 = time.time()
     fit = run_sweep(cfg.shards, OmegaConf.to_container(cfg.sizes, resolve=True), list(cfg.token_budgets),

@@ -10,11 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.data import build_sources
 from pretrain.shards import load_tokenizer, tokenize_sources
+from toto_robot.config import CONFIG_DIR
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
-
-@hydra.main(config_path=CONFIGS, config_name="pretrain/tokenize", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/tokenize", version_base=None)
 def _main(cfg: DictConfig) -> None:
     t0 = time.time()
     data = OmegaConf.to_container(cfg.data, resolve=True)

@@ -20,9 +20,8 @@ from envs.robosuite_env import EnvConfig
 from envs.runner import RolloutRunner, RunnerConfig
 from policies.bc import build_policy
 from policies.train import TrainConfig, train_bc
+from toto_robot.config import CONFIG_DIR
 from toto_robot.store import TrajectoryStore
-
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -53,7 +52,7 @@ def run(cfg: DictConfig) -> dict:
     return res
 
 
-@hydra.main(config_path=CONFIGS, config_name="train_bc", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="train_bc", version_base=None)
 def _main(cfg: DictConfig) -> None:
     try:
         run(cfg)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.data import build_sources
 from pretrain.tokenizer_training import train_tokenizer
-from toto_robot.config import tokenizer_config
-
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+from toto_robot.config import CONFIG_DIR, tokenizer_config
 
 
-@hydra.main(config_path=CONFIGS, config_name="pretrain/train_tokenizer", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/train_tokenizer", version_base=None)
 def _main(cfg: DictConfig) -> None:
     t0 = time.time()
     data = OmegaConf.to_container(cfg.data, resolve=True)
