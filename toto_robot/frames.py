@@ -18,14 +18,15 @@ def as_frames(
     """Validate (B, T, H, W, 3) frames and return float32 (B, T, 3, H, W) in [-1, 1].
 
     Accepted: uint8 in [0, 255] or float in [0, 1], as a torch tensor or numpy array.
-    Raises ValueError naming what was expected and what was given.
+    Raises ValueError (TypeError for something that is not an array) naming what was expected and what
+    was given.
     """
     if isinstance(frames, np.ndarray):
         if frames.dtype.kind not in "uf":
             raise ValueError(f"frames: expected dtype uint8 or float, got numpy {frames.dtype}")
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, torch.Tensor):
-        raise ValueError(f"frames: expected a torch.Tensor or numpy array, got {type(frames).__name__}")
+        raise TypeError(f"frames: expected a torch.Tensor or numpy array, got {type(frames).__name__}")
     if frames.ndim != 5:
         raise ValueError(
             f"frames: expected rank 5 (B, T, H, W, 3), got rank {frames.ndim} with shape {tuple(frames.shape)}"

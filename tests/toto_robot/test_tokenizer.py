@@ -103,6 +103,11 @@ def test_bad_frames(frames, match):
         tok.encode(frames)
 
 
+def test_frames_that_are_not_an_array():
+    with pytest.raises(TypeError, match="torch.Tensor or numpy array, got list"):
+        Tokenizer(tokenizer_preset("tiny", codebook_size=64)).encode([[0]])
+
+
 def test_bad_ids_and_config():
     tok = Tokenizer(tokenizer_preset("tiny", codebook_size=64))
     with pytest.raises(ValueError, match=r"\[0, 64\)"):
