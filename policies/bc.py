@@ -271,6 +271,9 @@ class BCPolicy(nn.Module):
         what training saw; a new chunk is predicted every step (ensembling) or when the queue empties."""
         if self.training:
             raise RuntimeError("select_action: call policy.eval() first (dropout would perturb actions)")
+        if self.cfg.temporal_ensemble is None and self._queue:  # act from the queue; the stream still advances
+            self.observe(obs)
+            return self._queue.popleft().cpu().numpy()
         chunk = self._act(obs)
         t, self._t = self._t, self._t + 1
         if self.cfg.temporal_ensemble is not None:

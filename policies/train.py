@@ -98,13 +98,14 @@ def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir
     writer = SummaryWriter(str(out / "tb"))
     history: dict = {"train": [], "val": [], "eval": []}
     best, best_step = (-1.0, math.inf), None
-    loader, it = _loader(train_ds, cfg.batch_size, True, cfg.seed), None
+    loader = _loader(train_ds, cfg.batch_size, True, cfg.seed)
+    it = iter(loader)
     policy.train()
     bar = tqdm(range(1, cfg.steps + 1), desc=f"bc {policy.cfg.backbone}/{policy.cfg.head}", disable=not progress)
     for step in bar:
         try:
             batch = next(it)
-        except (StopIteration, TypeError):
+        except StopIteration:
             it = iter(loader)
             batch = next(it)
         loss, metrics = policy(batch)

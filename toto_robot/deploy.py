@@ -243,10 +243,14 @@ class InferenceWorker:
         return result
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; it finishes at most the policy call in progress. Raises if that call outlives
+        `timeout`: the policy must not be reused (next episode) while the thread still runs it."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"inference worker: the policy call still runs {timeout} s after the episode ended")
 
     def _run(self) -> None:
         while True:
@@ -257,20 +261,34 @@ class InferenceWorker:
                     return
                 batch = list(self._pending)
                 self._pending.clear()
-            newest = max((i for i, (_, _, predict) in enumerate(batch) if predict), default=-1)
-            self.skipped += sum(predict for _, _, predict in batch[:newest])
+                newest = max((i for i, (_, _, predict) in enumerate(batch) if predict), default=-1)
+                self.skipped += sum(predict for _, _, predict in batch[:newest])
             for i, (tick, obs, _) in enumerate(batch):
-                t_start = time.perf_counter()
-                try:
-                    if i != newest:
+                if self._closed:
+                    return
+                if i == newest:
+                    chunk = _predict(self.policy, tick, obs)
+                else:
+                    try:
                         self.policy.observe(obs)
                         continue
-                    actions, error = np.asarray(self.policy.predict_action_chunk(obs), dtype=np.float32), None
-                except Exception as exc:  # noqa: BLE001  (any failure is reported to the loop, which stops the robot)
-                    actions, error = None, exc
-                chunk = Chunk(tick, actions, t_start, time.perf_counter(), error)
+                    except Exception as exc:  # noqa: BLE001  (reported to the loop, which stops the robot)
+                        chunk = Chunk(tick, None, time.perf_counter(), time.perf_counter(), exc)
                 with self._cond:
-                    self._result = chunk
+                    if self._result is None or self._result.error is None:  # an error is never overwritten
+                        self._result = chunk
+                if chunk.error is not None:
+                    return
+
+
+def _predict(policy, tick: int, obs: dict[str, np.ndarray]) -> Chunk:
+    """One chunk from `obs`; any exception in the policy is returned in the chunk (the loop then stops)."""
+    t_start = time.perf_counter()
+    try:
+        actions, error = np.asarray(policy.predict_action_chunk(obs), dtype=np.float32), None
+    except Exception as exc:  # noqa: BLE001  (any failure is reported to the loop, which stops the robot)
+        actions, error = None, exc
+    return Chunk(tick, actions, t_start, time.perf_counter(), error)
 
 
 class ActionPlan:
@@ -428,12 +446,7 @@ class _Episode:
         except (ConnectionError, TimeoutError) as exc:
             self.event(0, "disconnect", repr(exc))
             return DISCONNECTED, f"no observation before the first step: {exc!r}"
-        t_start = time.perf_counter()
-        try:
-            actions, error = np.asarray(self.policy.predict_action_chunk(first.data), dtype=np.float32), None
-        except Exception as exc:  # noqa: BLE001  (as in the worker: any failure stops the robot)
-            actions, error = None, exc
-        stop = self.take_chunk(Chunk(0, actions, t_start, time.perf_counter(), error), 0)
+        stop = self.take_chunk(_predict(self.policy, 0, first.data), 0)
         if stop is not None:
             self.event(0, "policy_output", stop)
             return STOPPED, stop
