@@ -1,7 +1,8 @@
 """Demonstration collection: roll a policy out and append its episodes to a Zarr trajectory store.
 
 Stored per step: every observation key of the env (camera images uint8 (H, W, 3), proprioception float32),
-`action` float32 (7,) in [-1, 1] and `reward` float32 (1,). Per episode (store metadata): task instruction,
+the privileged object state (`object`, `object_pos`: float32, never observed by image policies; the probes and
+the `state` baseline read it), `action` float32 (7,) in [-1, 1] and `reward` float32 (1,). Per episode (store metadata): task instruction,
 seed, success, source, return. Collection is resumable: the store remembers the next seed to try, and running
 again with the same output appends until the target count is stored.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from envs.robosuite_env import ACTION_DIM, TASKS, EnvConfig, RobosuiteEnv
+from envs.robosuite_env import ACTION_DIM, OBJECT_KEYS, TASKS, EnvConfig, RobosuiteEnv
 from envs.runner import EVAL_SEED_START, Policy, stream_episodes
 from toto_robot.store import TrajectoryStore
 
@@ -25,6 +26,7 @@ _MATCHING_ENV_FIELDS = ("task", "cameras", "image_size", "control_freq", "horizo
 def store_schema(env_config: EnvConfig) -> dict[str, tuple[tuple[int, ...], str]]:
     """Keys, shapes (without time) and dtypes of a collection store for this env configuration."""
     spaces = RobosuiteEnv.observation_spaces(env_config)
+    spaces |= RobosuiteEnv.object_state_spaces(env_config)
     schema = {key: (space.shape, space.dtype.name) for key, space in spaces.items()}
     schema["action"] = ((ACTION_DIM,), "float32")
     schema["reward"] = ((1,), "float32")
@@ -47,7 +49,16 @@ def open_or_create(path: Path, env_config: EnvConfig, source: str, seed_start: i
     stored = store.attrs.get("env")  # a store not written here has no "env" attribute
     if stored != env_attrs:
         raise ValueError(f"{path} was collected with env settings {stored}, not {env_attrs}: use another output")
+    check_object_state(store, path)
     return store
+
+
+def check_object_state(store: TrajectoryStore, path: str | Path) -> None:
+    """Stores collected before object state was recorded lack its keys: say so, never mix the two kinds."""
+    missing = [k for k in OBJECT_KEYS if k not in store.keys]
+    if missing:
+        raise ValueError(f"{path}: expected the object-state keys {list(OBJECT_KEYS)}, missing {missing} (the store "
+                         "was collected by an older version): collect into a new output")
 
 
 def resume_seed(store: TrajectoryStore) -> int:

@@ -8,7 +8,11 @@ Observations (flat dict, keys as in robosuite / diffusion_policy):
     robot0_gripper_qpos   float32 (2,)  finger joint positions
 Action: float32 (7,) in [-1, 1]: OSC pose deltas (dx, dy, dz, droll, dpitch, dyaw) + gripper (-1 open, +1 close),
 the default Panda controller of robosuite. Object poses are not observed; scripted experts read them through
-`privileged_state()`.
+`privileged_state()`, and collection stores them beside the observations as low-dimensional keys that image
+policies ignore (`object_state()`):
+    object                float32 (D,)  robosuite's object-state vector (poses of the task's objects and their
+                                        offsets to the gripper; D per task in `TASKS`), robomimic's `object` key
+    object_pos            float32 (3,)  position of the task's main object (cube, can, door handle), world frame
 """
 
 from __future__ import annotations
@@ -40,16 +44,23 @@ class TaskSpec:
     instruction: str  # what the task asks, in words (the `task` of stored episodes)
     horizon: int  # default episode length in control steps (20 Hz)
     cameras: tuple[str, ...]  # cameras the scene defines
+    object_dim: int  # size of robosuite's object-state vector for this task (the stored `object` key)
+    object_pos_key: str  # robosuite observation holding the main object's position (the stored `object_pos`)
 
 
 TASKS: dict[str, TaskSpec] = {
-    "Lift": TaskSpec("Lift", "lift the red cube", horizon=200, cameras=_CAMERAS),
-    "Stack": TaskSpec("Stack", "stack the red cube on the green cube", horizon=300, cameras=_CAMERAS),
+    "Lift": TaskSpec("Lift", "lift the red cube", horizon=200, cameras=_CAMERAS, object_dim=10,
+                     object_pos_key="cube_pos"),
+    "Stack": TaskSpec("Stack", "stack the red cube on the green cube", horizon=300, cameras=_CAMERAS,
+                      object_dim=23, object_pos_key="cubeA_pos"),
     "PickPlaceCan": TaskSpec(
-        "PickPlaceCan", "put the can in its bin", horizon=300, cameras=tuple(c for c in _CAMERAS if c != "sideview")
+        "PickPlaceCan", "put the can in its bin", horizon=300, cameras=tuple(c for c in _CAMERAS if c != "sideview"),
+        object_dim=14, object_pos_key="Can_pos",
     ),
-    "Door": TaskSpec("Door", "open the door", horizon=300, cameras=_CAMERAS),
+    "Door": TaskSpec("Door", "open the door", horizon=300, cameras=_CAMERAS, object_dim=14,
+                     object_pos_key="handle_pos"),
 }
+OBJECT_KEYS = ("object", "object_pos")  # privileged low-dim keys of collected stores
 
 
 def check_task(task: str) -> TaskSpec:
@@ -197,6 +208,23 @@ class RobosuiteEnv(gym.Env):
         for key, bound in PROPRIO_BOUNDS.items():
             spaces[key] = gym.spaces.Box(-bound, bound, (PROPRIO_DIMS[key],), np.float32)
         return spaces
+
+    @staticmethod
+    def object_state_spaces(config: EnvConfig) -> dict[str, gym.spaces.Box]:
+        """The privileged object-state keys `object_state()` returns, without building the env."""
+        dim = TASKS[config.task].object_dim
+        return {"object": gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32),
+                "object_pos": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)}
+
+    def object_state(self) -> dict[str, np.ndarray]:
+        """Privileged object state of the current step (see the module docstring), float32."""
+        spec = TASKS[self.config.task]
+        state = {"object": self._raw["object-state"].astype(np.float32),
+                 "object_pos": self._raw[spec.object_pos_key].astype(np.float32)}
+        if state["object"].shape != (spec.object_dim,):  # robosuite changed its object observables
+            raise RuntimeError(f"{self.config.task}: expected an object-state vector of {spec.object_dim} values, "
+                               f"robosuite gave {state['object'].shape}")
+        return state
 
     def privileged_state(self) -> dict[str, np.ndarray]:
         """Simulator state a scripted expert may use and a learned policy does not see: robosuite's object

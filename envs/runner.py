@@ -27,10 +27,15 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from envs.robosuite_env import ACTION_DIM, EnvConfig, RobosuiteEnv
+from envs.robosuite_env import ACTION_DIM, OBJECT_KEYS, EnvConfig, RobosuiteEnv
 
 # Seeds at or above EVAL_SEED_START are kept for evaluation; demonstrations are collected below it.
+# Evaluation seeds come in two disjoint ranges: reported success rates use the test seeds (100000, 100001, ...),
+# and choosing a checkpoint during training uses the selection seeds (200000, ...), so the reported number is
+# never the one a checkpoint was picked on.
 EVAL_SEED_START = 100_000
+TEST_SEED_START = EVAL_SEED_START
+SELECTION_SEED_START = 200_000
 
 
 class Policy(Protocol):
@@ -63,16 +68,18 @@ def reset_policy(policy: Policy, seed: int) -> None:
 def rollout(
     env: RobosuiteEnv, policy: Policy, seed: int, record: bool = False, video_path: str | Path | None = None
 ) -> Episode:
-    """One episode of `policy` in `env` from `seed`. `record` keeps every step's observation, action and reward
-    (observation t is the one the action t was chosen from); `video_path` writes render() frames as mp4."""
+    """One episode of `policy` in `env` from `seed`. `record` keeps every step's observation, privileged object
+    state (`env.object_state()`), action and reward (observation t is the one the action t was chosen from);
+    `video_path` writes render() frames as mp4."""
     start = time.perf_counter()
     obs, info = env.reset(seed=seed)
     reset_policy(policy, seed)
     privileged = bool(getattr(policy, "uses_privileged_state", False))
-    steps: dict[str, list] = {key: [] for key in (*obs, "action", "reward")} if record else {}
+    steps: dict[str, list] = {key: [] for key in (*obs, *OBJECT_KEYS, "action", "reward")} if record else {}
     frames = [env.render()] if video_path is not None else []
     ret, terminated, truncated, t = 0.0, False, False, 0
     while not (terminated or truncated):
+        object_state = env.object_state() if record else {}  # before the step, as the observation
         policy_obs = {**obs, "privileged": env.privileged_state()} if privileged else obs
         action = np.asarray(policy.select_action(policy_obs), dtype=np.float32)
         if action.size != ACTION_DIM:
@@ -80,7 +87,7 @@ def rollout(
         action = action.reshape(ACTION_DIM)
         next_obs, reward, terminated, truncated, info = env.step(action)
         if record:
-            for key, value in obs.items():
+            for key, value in (obs | object_state).items():
                 steps[key].append(value)
             steps["action"].append(action)
             steps["reward"].append(np.float32(reward))
@@ -149,6 +156,11 @@ class RunnerConfig:
                 f"seed_start: evaluation seeds start at {EVAL_SEED_START} (lower ones are collection seeds), "
                 f"got {self.seed_start}"
             )
+        if self.seed_start < SELECTION_SEED_START < self.seed_start + self.n_episodes:
+            raise ValueError(
+                f"n_episodes: test seeds {self.seed_start}..{self.seed_start + self.n_episodes - 1} would reach the "
+                f"selection seeds at {SELECTION_SEED_START}; expected at most {SELECTION_SEED_START - self.seed_start}"
+            )
         if self.n_videos < 0:
             raise ValueError(f"n_videos: must be >= 0, got {self.n_videos}")
         if self.n_videos and self.output_dir is None:
@@ -194,11 +206,24 @@ class RolloutRunner:
         return metrics
 
 
-def summarize(episodes: list[Episode], seconds: float) -> dict[str, float | int]:
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (better than the normal approximation near 0 and 1, and at
+    the 50 episodes robomimic and diffusion_policy report)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def summarize(episodes: list[Episode], seconds: float) -> dict[str, Any]:
     lengths = np.array([e.length for e in episodes])
+    successes = sum(e.success for e in episodes)
     return {
         "n_episodes": len(episodes),
         "success_rate": float(np.mean([e.success for e in episodes])),
+        "success_ci95": list(wilson_interval(successes, len(episodes))),
         "mean_return": float(np.mean([e.ret for e in episodes])),
         "mean_length": float(lengths.mean()),
         "seconds": seconds,

@@ -1,0 +1,54 @@
+"""Result records: the small JSON files under `results/` that every number in the README comes from.
+
+A record holds the figures, the exact command that produced them, the seeds, the torch threads, the load
+average while it ran and the git commit, so anyone can regenerate it with that command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The commit of the working tree (with '-dirty' when it has uncommitted changes), or None outside git."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def run_context() -> dict[str, Any]:
+    """How and where a result was measured."""
+    return {
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_commit": git_commit(),
+        "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1min": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_record(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write `record` plus the run context as indented JSON, atomically (a kill never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({**record, **run_context()}, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
