@@ -1,11 +1,15 @@
 """Behavior cloning on top of the frozen Toto encoder (and the baselines that share its trainer).
 
 Observation encoding: each camera's frame goes through the frozen Toto encoder (shared weights, one
-streaming cache per camera, features from the chosen layer), then a trainable attentive pooler per
-camera; proprioception goes through a small MLP. Heads: an MLP (the VC-1 / MVP recipe) or a
-transformer decoder that predicts a chunk of actions (ACT), optionally with temporal ensembling.
+streaming cache per camera, features from the chosen layer), then a trainable read-out per camera
+(`policies/readouts.py`: attentive pooling by default, optionally with a position embedding, several
+queries, or spatial-softmax keypoints); proprioception goes through a small MLP. Heads: an MLP (the
+VC-1 / MVP recipe), a transformer decoder that predicts a chunk of actions (ACT), optionally with
+temporal ensembling, or a diffusion head (diffusion_policy's; `policies/diffusion.py`). The MLP and
+diffusion heads see the last `n_obs_steps` observations (diffusion_policy uses 2).
 Backbones: `toto` (pretrained), `toto_random` (same architecture, transformer randomly initialized,
-same tokenizer) and `cnn` (a small CNN trained end to end from pixels).
+same tokenizer), `cnn` (a small CNN trained end to end from pixels) and `state` (the privileged object
+state + proprioception, no images: the ceiling that the head, data and budget allow).
 
 A policy checkpoint is a directory: config.json (PolicyConfig, which also names the encoder checkpoint
 it was trained with) + policy.safetensors (every weight, encoder included, and the normalization
@@ -24,15 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from policies.diffusion import DiffusionHead, DiffusionHeadConfig
 from policies.features import feature_key
+from policies.readouts import READOUTS, Readout
 from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
-from toto_robot.encoder import AttentivePooler, StreamingEncoder, TotoEncoder, load_toto
+from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto
 from toto_robot.frames import as_frames
 from toto_robot.model import ModelConfig, Transformer
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
-BACKBONES = ("toto", "toto_random", "cnn")
-HEADS = ("mlp", "act")
+BACKBONES = ("toto", "toto_random", "cnn", "state")
+HEADS = ("mlp", "act", "diffusion")
 CHECKPOINT_KIND = "toto-bc-policy"
 
 
@@ -53,6 +59,14 @@ class PolicyConfig:
     act_heads: int = 4
     cnn_channels: int = 32
     image_size: int = 64
+    readout: str = "attentive"  # one of policies.readouts.READOUTS (mlp and diffusion heads)
+    position_embedding: bool = False  # learned per-token position embedding before the read-out / ACT memory
+    n_queries: int = 4  # readout multiquery
+    n_keypoints: int = 32  # readout spatial_softmax
+    n_obs_steps: int = 1  # observations the mlp / diffusion head sees (the newest last)
+    object_keys: tuple[str, ...] = ()  # privileged object-state keys (backbone state)
+    object_dims: tuple[int, ...] = ()
+    diffusion: dict | None = None  # DiffusionHeadConfig fields (head diffusion); horizon is `chunk`
     # The Toto encoder (backbones toto / toto_random): where it came from and how it is read.
     encoder_checkpoint: str | None = None
     encoder_layer: int | None = None
@@ -64,20 +78,49 @@ class PolicyConfig:
     def __post_init__(self):
         self.cameras, self.proprio_keys = tuple(self.cameras), tuple(self.proprio_keys)
         self.proprio_dims = tuple(self.proprio_dims)
+        self.object_keys, self.object_dims = tuple(self.object_keys), tuple(self.object_dims)
         if self.backbone not in BACKBONES:
             raise ValueError(f"PolicyConfig.backbone: expected one of {BACKBONES}, got {self.backbone!r}")
         if self.head not in HEADS:
             raise ValueError(f"PolicyConfig.head: expected one of {HEADS}, got {self.head!r}")
-        if not self.cameras:
+        if self.readout not in READOUTS:
+            raise ValueError(f"PolicyConfig.readout: expected one of {READOUTS}, got {self.readout!r}")
+        if self.backbone == "state":
+            self.cameras = ()
+            if not self.object_keys:
+                raise ValueError("PolicyConfig.object_keys: backbone 'state' expected object-state keys, got ()")
+        elif not self.cameras:
             raise ValueError("PolicyConfig.cameras: expected at least one camera key, got ()")
         if len(self.proprio_keys) != len(self.proprio_dims):
             raise ValueError(f"PolicyConfig.proprio_dims: expected one size per proprio key "
                              f"{self.proprio_keys}, got {self.proprio_dims}")
-        if not 1 <= self.n_action_steps <= self.chunk:
-            raise ValueError(f"PolicyConfig.n_action_steps: expected 1..chunk={self.chunk}, got {self.n_action_steps}")
-        if self.backbone != "cnn" and (self.tokenizer_config is None or self.model_config is None):
+        if len(self.object_keys) != len(self.object_dims):
+            raise ValueError(f"PolicyConfig.object_dims: expected one size per object key "
+                             f"{self.object_keys}, got {self.object_dims}")
+        if self.n_obs_steps < 1 or (self.head == "act" and self.n_obs_steps != 1):
+            raise ValueError(f"PolicyConfig.n_obs_steps: expected >= 1 (exactly 1 for the act head), "
+                             f"got {self.n_obs_steps}")
+        future = self.chunk - self.n_obs_steps + 1  # predicted actions from the current step on
+        if not 1 <= self.n_action_steps <= future:
+            raise ValueError(f"PolicyConfig.n_action_steps: expected 1..chunk - n_obs_steps + 1 = {future}, "
+                             f"got {self.n_action_steps}")
+        if self.backbone in ("toto", "toto_random") and (self.tokenizer_config is None or self.model_config is None):
             raise ValueError(f"PolicyConfig: backbone {self.backbone!r} needs the encoder's tokenizer_config and "
                              "model_config (use PolicyConfig.from_encoder)")
+
+    @property
+    def low_dim_keys(self) -> tuple[str, ...]:
+        """Low-dimensional inputs, in the order they are concatenated: object state, then proprioception."""
+        return (*self.object_keys, *self.proprio_keys)
+
+    @property
+    def low_dim_size(self) -> int:
+        return sum(self.object_dims) + sum(self.proprio_dims)
+
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        """Store keys a training window reads for the observation (features replace images when cached)."""
+        return (*self.cameras, *self.low_dim_keys)
 
     @classmethod
     def from_encoder(cls, encoder_checkpoint: str | Path, **kw) -> PolicyConfig:
@@ -123,44 +166,61 @@ class BCPolicy(nn.Module):
         super().__init__()
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
+        self.encoder, self.cnn = None, None
         if cfg.backbone == "cnn":
-            self.encoder = None
             self.cnn = SmallCNN(cfg.cnn_channels, cfg.hidden)
-            feat_dim = cfg.hidden
+            feat_dim, n_tokens = cfg.hidden, (cfg.image_size // 16) ** 2
+        elif cfg.backbone == "state":
+            feat_dim, n_tokens = 0, 0
         else:
             self.encoder = encoder if encoder is not None else _build_encoder(cfg)
-            feat_dim = self.encoder.dim
+            feat_dim, n_tokens = self.encoder.dim, self.encoder.cfg.tokens_per_frame
         d = cfg.hidden
-        self.feat_proj = nn.ModuleDict({_name(c): nn.Linear(feat_dim, d) for c in cfg.cameras})
-        self.cam_embed = nn.ParameterDict({_name(c): nn.Parameter(torch.zeros(1, 1, d)) for c in cfg.cameras})
-        proprio_dim = sum(cfg.proprio_dims)
-        self.proprio = nn.Sequential(nn.Linear(proprio_dim, d), nn.SiLU(), nn.Linear(d, d))
-        if cfg.head == "mlp":
-            # pool at the encoder's width, then project: attention over every token stays cheap
-            self.poolers = nn.ModuleDict({_name(c): AttentivePooler(feat_dim) for c in cfg.cameras})
-            self.head = nn.Sequential(nn.Linear(d * (len(cfg.cameras) + 1), 2 * d), nn.SiLU(), nn.Dropout(cfg.dropout),
-                                      nn.Linear(2 * d, 2 * d), nn.SiLU(), nn.Linear(2 * d, cfg.chunk * cfg.action_dim))
-        else:
-            self.poolers = nn.ModuleDict()
+        names = [_name(c) for c in cfg.cameras]
+        self.cam_embed = nn.ParameterDict({n: nn.Parameter(torch.zeros(1, 1, d)) for n in names})
+        self.proprio = nn.Sequential(nn.Linear(cfg.low_dim_size, d), nn.SiLU(), nn.Linear(d, d))
+        if cfg.head == "act":
+            self.readouts = nn.ModuleDict()
+            self.feat_proj = nn.ModuleDict({n: nn.Linear(feat_dim, d) for n in names})
+            self.token_pos = (nn.ParameterDict({n: nn.Parameter(torch.randn(1, n_tokens, d) * 0.02) for n in names})
+                              if cfg.position_embedding else None)
             self.act = ACTHead(d, cfg.chunk, cfg.act_layers, cfg.act_heads, cfg.dropout)
             self.head = nn.Linear(d, cfg.action_dim)
+        else:
+            # read out at the encoder's width, then project: attention over every token stays cheap
+            self.readouts = nn.ModuleDict({n: Readout(cfg.readout, feat_dim, n_tokens, cfg.position_embedding,
+                                                      cfg.n_queries, cfg.n_keypoints) for n in names})
+            self.feat_proj = nn.ModuleDict({n: nn.Linear(self.readouts[n].out_dim, d) for n in names})
+            cond_dim = cfg.n_obs_steps * d * (len(names) + 1)
+            if cfg.head == "mlp":
+                self.head = nn.Sequential(nn.Linear(cond_dim, 2 * d), nn.SiLU(), nn.Dropout(cfg.dropout),
+                                          nn.Linear(2 * d, 2 * d), nn.SiLU(), nn.Linear(2 * d, cfg.chunk * cfg.action_dim))
+            else:
+                head_cfg = DiffusionHeadConfig(**{**(cfg.diffusion or {}), "horizon": cfg.chunk})
+                self.head = DiffusionHead(cond_dim, cfg.action_dim, head_cfg)
         # normalization (filled from the store's statistics by `set_stats`, saved with the weights)
         self.register_buffer("action_min", -torch.ones(cfg.action_dim))
         self.register_buffer("action_max", torch.ones(cfg.action_dim))
-        self.register_buffer("proprio_mean", torch.zeros(proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(proprio_dim))
+        self.register_buffer("proprio_mean", torch.zeros(cfg.low_dim_size))
+        self.register_buffer("proprio_std", torch.ones(cfg.low_dim_size))
         self._stream: StreamingEncoder | None = None
         self._queue: deque = deque()
         self._ensemble: list[tuple[int, torch.Tensor]] = []
+        self._history: deque = deque(maxlen=cfg.n_obs_steps)  # step embeddings (1, E) of the newest observations
         self._t = 0
+
+    @property
+    def uses_privileged_state(self) -> bool:
+        """The `state` baseline reads the simulator's object state (the rollout runner passes obs['privileged'])."""
+        return self.cfg.backbone == "state"
 
     # ---------------------------------------------------------------- normalization
     def set_stats(self, stats: dict[str, dict[str, np.ndarray]]) -> None:
         """Action min/max -> [-1, 1]; proprio mean/std, from a store's compute_stats()."""
         self.action_min.copy_(torch.as_tensor(stats["action"]["min"], dtype=torch.float32))
         self.action_max.copy_(torch.as_tensor(stats["action"]["max"], dtype=torch.float32))
-        mean = np.concatenate([np.asarray(stats[k]["mean"]).reshape(-1) for k in self.cfg.proprio_keys])
-        std = np.concatenate([np.asarray(stats[k]["std"]).reshape(-1) for k in self.cfg.proprio_keys])
+        mean = np.concatenate([np.asarray(stats[k]["mean"]).reshape(-1) for k in self.cfg.low_dim_keys])
+        std = np.concatenate([np.asarray(stats[k]["std"]).reshape(-1) for k in self.cfg.low_dim_keys])
         self.proprio_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.proprio_std.copy_(torch.as_tensor(np.maximum(std, 1e-3), dtype=torch.float32))
 
@@ -172,43 +232,60 @@ class BCPolicy(nn.Module):
         return (a.clamp(-1, 1) + 1) / 2 * (self.action_max - self.action_min) + self.action_min
 
     # ---------------------------------------------------------------- encoding
-    def encode_images(self, camera: str, images: torch.Tensor) -> torch.Tensor:
-        """Frames (B, H, W, 3) uint8 -> token features (B, N, C); frozen Toto features come per frame
-        without temporal context here (training with window > 1 uses cached streaming features)."""
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Frames (B, H, W, 3) uint8 -> token features (B, N, C), one frame without temporal context (the CNN
+        trains on images; Toto backbones train on cached streaming features and stream when acting)."""
         if self.encoder is None:
             return self.cnn(as_frames(images[:, None], size_multiple=16)[:, 0].to(self._device))
         return self.encoder(images[:, None]).features[:, 0]
 
-    def _obs_tokens(self, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per camera (B, N, C) features, and the proprio embedding (B, d), from the newest step."""
+    def _step_inputs(self, batch: dict[str, torch.Tensor], t: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per camera (B, N, C) features and the normalized low-dim vector (B, L) of window step t."""
         cams = []
         for c in self.cfg.cameras:
             fk = feature_key(c)
-            if fk in batch:
-                feats = batch[fk][:, -1].float()  # (B, N, C) cached
-            else:
-                feats = self.encode_images(c, batch[c][:, -1])
+            feats = batch[fk][:, t].float() if fk in batch else self.encode_images(batch[c][:, t])
             cams.append(feats.to(self._device))
-        proprio = torch.cat([batch[k][:, -1].reshape(batch[k].shape[0], -1).float() for k in self.cfg.proprio_keys], -1)
-        proprio = (proprio.to(self._device) - self.proprio_mean) / self.proprio_std
-        return cams, self.proprio(proprio)
+        low = torch.cat([batch[k][:, t].reshape(batch[k].shape[0], -1).float() for k in self.cfg.low_dim_keys], -1)
+        return cams, (low.to(self._device) - self.proprio_mean) / self.proprio_std
 
-    def _predict(self, cams: list[torch.Tensor], proprio: torch.Tensor) -> torch.Tensor:
-        """-> normalized action chunk (B, chunk, A)."""
+    def _step_embedding(self, cams: list[torch.Tensor], low: torch.Tensor) -> torch.Tensor:
+        """One observation -> (B, E): each camera read out and projected, plus the low-dim embedding."""
         names = [_name(c) for c in self.cfg.cameras]
-        if self.cfg.head == "mlp":
-            pooled = [self.feat_proj[n](self.poolers[n](x)) + self.cam_embed[n][:, 0] for n, x in zip(names, cams)]
-            out = self.head(torch.cat(pooled + [proprio], dim=-1))
-            return out.view(-1, self.cfg.chunk, self.cfg.action_dim)
-        tokens = [self.feat_proj[n](x) + self.cam_embed[n] for n, x in zip(names, cams)]  # (B, N, d) each
-        memory = torch.cat(tokens + [proprio[:, None]], dim=1)
-        return self.head(self.act(memory))
+        pooled = [self.feat_proj[n](self.readouts[n](x)) + self.cam_embed[n][:, 0] for n, x in zip(names, cams)]
+        return torch.cat(pooled + [self.proprio(low)], dim=-1)
+
+    def _act_memory(self, cams: list[torch.Tensor], low: torch.Tensor) -> torch.Tensor:
+        """ACT: every camera token (with camera and optional position embeddings) and the low-dim token."""
+        tokens = []
+        for c, x in zip(self.cfg.cameras, cams):
+            n = _name(c)
+            tok = self.feat_proj[n](x) + self.cam_embed[n]  # (B, N, d)
+            tokens.append(tok + self.token_pos[n] if self.token_pos is not None else tok)
+        return torch.cat(tokens + [self.proprio(low)[:, None]], dim=1)
+
+    def _condition(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """mlp / diffusion: the last n_obs_steps step embeddings of a window, oldest first, (B, To * E)."""
+        return torch.cat([self._step_embedding(*self._step_inputs(batch, t)) for t in range(self.cfg.n_obs_steps)], -1)
+
+    def _head_chunk(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, To * E) -> normalized action chunk (B, chunk, A)."""
+        if self.cfg.head == "diffusion":
+            return self.head.sample(cond, generator=generator)
+        return self.head(cond).view(-1, self.cfg.chunk, self.cfg.action_dim)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """batch: observation keys (B, To, ...) and `action` (B, chunk, A) -> (L1 loss, metrics)."""
-        cams, proprio = self._obs_tokens(batch)
-        pred = self._predict(cams, proprio)
+        """batch: observation keys (B, To, ...) and `action` (B, chunk, A) -> (loss, metrics): L1 on normalized
+        actions (mlp, act), or the noise-prediction MSE (diffusion)."""
         target = self.normalize_action(batch["action"][:, : self.cfg.chunk].float().to(self._device))
+        if self.cfg.head == "act":
+            pred = self.head(self.act(self._act_memory(*self._step_inputs(batch, 0))))
+        else:
+            cond = self._condition(batch)
+            if self.cfg.head == "diffusion":
+                loss = self.head.loss(cond, target)
+                return loss, {"loss": loss.item()}
+            pred = self._head_chunk(cond)
         loss = F.l1_loss(pred, target)
         return loss, {"loss": loss.item(), "l1_first_action": F.l1_loss(pred[:, 0], target[:, 0]).item()}
 
@@ -220,6 +297,7 @@ class BCPolicy(nn.Module):
     def reset(self) -> None:
         self._queue.clear()
         self._ensemble.clear()
+        self._history.clear()
         self._t = 0
         if self._stream is not None:
             self._stream.reset()
@@ -227,6 +305,8 @@ class BCPolicy(nn.Module):
     def _stream_features(self, images: list) -> list[torch.Tensor]:
         """One frame per camera -> per camera (1, N, C) features. The cameras stream side by side as one
         batch through a single streaming encoder, exactly as the feature cache computed them."""
+        if not images:  # the state baseline
+            return []
         frames = torch.stack([torch.as_tensor(np.asarray(im)) for im in images])  # (cameras, H, W, 3)
         if self.encoder is None:
             feats = self.cnn(as_frames(frames[:, None], size_multiple=16)[:, 0].to(self._device))
@@ -236,34 +316,63 @@ class BCPolicy(nn.Module):
             feats = self._stream.step(frames).features[:, 0]
         return [f[None] for f in feats]
 
-    def _check_keys(self, obs: dict[str, Any], keys: tuple[str, ...]) -> None:
-        missing = [k for k in keys if k not in obs]
+    def _low_dim(self, obs: dict[str, Any]) -> torch.Tensor:
+        """The normalized low-dim vector (1, L) of one observation; object state comes from obs['privileged']
+        when the observation itself does not carry it (rollouts of the state baseline)."""
+        privileged = obs.get("privileged") or {}
+        values = [obs[k] if k in obs else privileged[k] for k in self.cfg.low_dim_keys]
+        low = torch.cat([torch.as_tensor(np.asarray(v, dtype=np.float32)).reshape(1, -1) for v in values], -1)
+        return (low.to(self._device) - self.proprio_mean) / self.proprio_std
+
+    def _check_obs(self, obs: dict[str, Any], keys: tuple[str, ...]) -> None:
+        available = set(obs) | set(obs.get("privileged") or {})
+        missing = [k for k in keys if k not in available]
         if missing:
             raise ValueError(f"observation: expected keys {list(keys)}, missing {missing} (got {sorted(obs)})")
 
+    def _push(self, obs: dict[str, Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Consume one observation: the encoder's stream advances by a frame and, for heads that see several
+        observations, its step embedding joins the history (the first fills it, as the sampler pads)."""
+        feats = self._stream_features([obs[c] for c in self.cfg.cameras])
+        low = self._low_dim(obs)
+        if self.cfg.head != "act":
+            emb = self._step_embedding([f.to(self._device) for f in feats], low)
+            while len(self._history) < self.cfg.n_obs_steps - 1:
+                self._history.append(emb)
+            self._history.append(emb)
+        return feats, low
+
     @torch.no_grad()
     def observe(self, obs: dict[str, Any]) -> None:
-        """Advance the streaming encoder by this frame without predicting (a frame the control loop does not
-        act on), so its temporal context stays what the feature cache computed: one frame per step. Nothing
-        to advance without temporal context (window 1, or the CNN baseline)."""
-        if self.encoder is None or self.cfg.encoder_window == 1:
+        """Advance by an observation without predicting (one the control loop does not act on), so the temporal
+        context stays what training saw: the streaming encoder's frames and the head's observation history.
+        Nothing to advance without either (window 1 or no encoder, and one observation step)."""
+        streams = self.encoder is not None and self.cfg.encoder_window > 1
+        if not streams and self.cfg.n_obs_steps == 1:
             return
-        self._check_keys(obs, self.cfg.cameras)
-        self._stream_features([obs[c] for c in self.cfg.cameras])
+        if self.cfg.n_obs_steps == 1:
+            self._check_obs(obs, self.cfg.cameras)
+            self._stream_features([obs[c] for c in self.cfg.cameras])
+            return
+        self._check_obs(obs, self.cfg.obs_keys)
+        self._push(obs)
 
     @torch.no_grad()
     def _act(self, obs: dict[str, Any]) -> torch.Tensor:
-        """Consume one observation (the encoder's stream advances by a frame) -> unnormalized chunk (chunk, A)."""
-        self._check_keys(obs, (*self.cfg.cameras, *self.cfg.proprio_keys))
-        feats = self._stream_features([obs[c] for c in self.cfg.cameras])
-        batch = {feature_key(c): f[:, None] for c, f in zip(self.cfg.cameras, feats)}
-        for k in self.cfg.proprio_keys:
-            batch[k] = torch.as_tensor(np.asarray(obs[k], dtype=np.float32)).reshape(1, 1, -1)
-        cams, proprio = self._obs_tokens(batch)
-        return self.unnormalize_action(self._predict(cams, proprio))[0]
+        """Consume one observation -> unnormalized chunk (chunk, A)."""
+        self._check_obs(obs, self.cfg.obs_keys)
+        feats, low = self._push(obs)
+        if self.cfg.head == "act":
+            pred = self.head(self.act(self._act_memory([f.to(self._device) for f in feats], low)))
+        else:
+            generator = torch.Generator(device=self._device).manual_seed(self.cfg.seed * 1_000_003 + self._t)
+            pred = self._head_chunk(torch.cat(list(self._history), -1), generator)
+        return self.unnormalize_action(pred)[0, self.cfg.n_obs_steps - 1:]
 
     def predict_action_chunk(self, obs: dict[str, Any]) -> np.ndarray:
-        """The next `chunk` actions (chunk, A); advances the streaming encoder by this frame."""
+        """The next actions, from this observation on (chunk - n_obs_steps + 1, A); advances the streaming
+        encoder by this frame. As in diffusion_policy, a chunk starts at the oldest observation it saw, so the
+        first n_obs_steps - 1 predicted actions are in the past."""
         return self._act(obs).cpu().numpy()
 
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
@@ -275,9 +384,9 @@ class BCPolicy(nn.Module):
             self.observe(obs)
             return self._queue.popleft().cpu().numpy()
         chunk = self._act(obs)
-        t, self._t = self._t, self._t + 1
+        t, self._t = self._t, self._t + 1  # after _act: diffusion noise is seeded by the prediction count
         if self.cfg.temporal_ensemble is not None:
-            self._ensemble = [(t0, c) for t0, c in self._ensemble if t - t0 < self.cfg.chunk] + [(t, chunk)]
+            self._ensemble = [(t0, c) for t0, c in self._ensemble if t - t0 < len(c)] + [(t, chunk)]
             acts = torch.stack([c[t - t0] for t0, c in self._ensemble])  # oldest first
             w = torch.exp(-self.cfg.temporal_ensemble * torch.arange(len(acts), dtype=torch.float32))
             return ((w[:, None] * acts).sum(0) / w.sum()).cpu().numpy()
@@ -293,10 +402,14 @@ class BCPolicy(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> BCPolicy:
+        """Rebuild a policy from its checkpoint alone: the architecture from config.json, every weight (the
+        encoder's included) from policy.safetensors; the encoder checkpoint it names is not needed."""
         config = read_config(path)
         if config.get("kind") != CHECKPOINT_KIND:
             raise ValueError(f"policy checkpoint {path}: expected kind {CHECKPOINT_KIND!r}, found {config.get('kind')!r}")
-        policy = cls(PolicyConfig(**config["policy"]))
+        cfg = PolicyConfig(**config["policy"])
+        encoder = _build_encoder(cfg, pretrained=False) if cfg.backbone in ("toto", "toto_random") else None
+        policy = cls(cfg, encoder=encoder)
         policy.load_state_dict(load_state_dict(path, "policy"))
         return policy.to(device).eval()
 
@@ -305,31 +418,45 @@ def _name(key: str) -> str:
     return key.replace(".", "_")  # ModuleDict keys cannot contain dots
 
 
-def _build_encoder(cfg: PolicyConfig) -> TotoEncoder:
-    """The frozen encoder: pretrained weights when its checkpoint is at hand (toto), otherwise the
-    architecture alone (toto_random, or a policy being rebuilt from its own checkpoint)."""
-    if cfg.backbone == "toto" and cfg.encoder_checkpoint and Path(cfg.encoder_checkpoint, "config.json").is_file():
-        tokenizer, model, _ = load_toto(cfg.encoder_checkpoint)
-    else:
-        tokenizer = Tokenizer(TokenizerConfig(**cfg.tokenizer_config))
-        model = Transformer(ModelConfig(**cfg.model_config))
-        if cfg.backbone == "toto_random" and cfg.encoder_checkpoint:
-            # same tokenizer as the pretrained encoder, so the baseline isolates the transformer's pretraining
+def _build_encoder(cfg: PolicyConfig, pretrained: bool = True) -> TotoEncoder:
+    """The frozen encoder. pretrained: the weights of `cfg.encoder_checkpoint` (toto), or its tokenizer with a
+    randomly initialized transformer (toto_random); otherwise the architecture alone, for a policy whose
+    checkpoint holds the weights."""
+    tokenizer = Tokenizer(TokenizerConfig(**cfg.tokenizer_config))
+    model = Transformer(ModelConfig(**cfg.model_config))
+    if pretrained:
+        if not cfg.encoder_checkpoint or not Path(cfg.encoder_checkpoint, "config.json").is_file():
+            raise ValueError(f"policy backbone {cfg.backbone!r}: expected an encoder checkpoint directory, "
+                             f"got {cfg.encoder_checkpoint}")
+        if cfg.backbone == "toto":
+            tokenizer, model, _ = load_toto(cfg.encoder_checkpoint)
+        else:  # same tokenizer as the pretrained encoder, so the baseline isolates the transformer's pretraining
             tokenizer.load_state_dict(load_state_dict(cfg.encoder_checkpoint, "tokenizer"))
     return TotoEncoder(tokenizer, model, layer=cfg.encoder_layer, pooling="mean")
 
 
-def build_policy(node: dict, encoder_checkpoint: str | Path | None, cameras: tuple[str, ...], image_size: int) -> BCPolicy:
-    """A policy from a `configs/policy/*.yaml` node (its `name` is only a label)."""
+def build_policy(node: dict, encoder_checkpoint: str | Path | None, cameras: tuple[str, ...], image_size: int,
+                 low_dim_sizes: dict[str, int] | None = None) -> BCPolicy:
+    """A policy from a `configs/policy/*.yaml` node (its `name` is only a label). `low_dim_sizes` (key -> size,
+    from the store's schema) sizes the object-state keys of the `state` backbone."""
     if node.get("scripted") or "_target_" in node:
         raise ValueError(f"policy {node.get('name')!r} is not a trainable behavior-cloning policy "
-                         f"(choose one of toto_mlp, toto_act, toto_random, cnn)")
+                         f"(choose one of toto_mlp, toto_act, toto_random, cnn, state)")
     node = {k: v for k, v in node.items() if k != "name"}
     node["cameras"] = tuple(cameras)
-    if node.get("backbone", "toto") == "cnn":
+    backbone = node.get("backbone", "toto")
+    if backbone == "state":
+        keys = tuple(node.get("object_keys") or ("object",))
+        sizes = low_dim_sizes or {}
+        missing = [k for k in keys if k not in sizes]
+        if missing:
+            raise ValueError(f"policy backbone 'state': expected object-state keys {list(keys)} in the store, "
+                             f"missing {missing} (collect a new store: older ones have no object state)")
+        node |= {"object_keys": keys, "object_dims": tuple(sizes[k] for k in keys)}
+    if backbone in ("cnn", "state"):
         return BCPolicy(PolicyConfig(image_size=image_size, **node))
     if encoder_checkpoint is None or not Path(encoder_checkpoint, "config.json").is_file():
-        raise ValueError(f"policy backbone {node.get('backbone')!r} needs an encoder checkpoint directory, "
+        raise ValueError(f"policy backbone {backbone!r} needs an encoder checkpoint directory, "
                          f"got {encoder_checkpoint}")
     cfg = PolicyConfig.from_encoder(encoder_checkpoint, **node)
     if cfg.image_size != image_size:

@@ -47,17 +47,23 @@ def datasets(policy: BCPolicy, store_path: str | Path, val_ratio: float, seed: i
     Toto backbones read the feature cache (computed on first use); the CNN reads the images."""
     cfg = policy.cfg
     store = TrajectoryStore.open(store_path)
+    missing = [k for k in cfg.obs_keys if k not in store.keys]
+    if missing:
+        raise ValueError(f"store {store_path}: expected the policy's observation keys {list(cfg.obs_keys)}, "
+                         f"missing {missing} (it has {list(store.keys)})")
     if policy.encoder is not None:
         source = feature_store(store_path, policy.encoder, cfg.cameras, cfg.encoder_window, progress=progress)
         obs_keys = [feature_key(c) for c in cfg.cameras]
     else:
         source, obs_keys = store_path, list(cfg.cameras)
-    horizons = {k: 1 for k in (*obs_keys, *cfg.proprio_keys)} | {"action": cfg.chunk}
+    # n_obs_steps observations, the action chunk starting at the oldest of them (diffusion_policy's windows)
+    horizons = {k: cfg.n_obs_steps for k in (*obs_keys, *cfg.low_dim_keys)} | {"action": cfg.chunk}
     if val_ratio > 0 and store.n_episodes >= 2:
         train_ids, val_ids = split_episodes(store.n_episodes, val_ratio, seed)
     else:
         train_ids, val_ids = np.arange(store.n_episodes), np.arange(0)
-    make = lambda ids: WindowDataset(source, horizons, pad_after=cfg.chunk - 1, episodes=ids, in_memory="all")
+    make = lambda ids: WindowDataset(source, horizons, pad_before=cfg.n_obs_steps - 1, pad_after=cfg.chunk - 1,
+                                     episodes=ids, in_memory="all")
     return make(train_ids), (make(val_ids) if len(val_ids) else None)
 
 

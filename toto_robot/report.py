@@ -43,6 +43,23 @@ def save_curves(path: Path, curves: dict[str, tuple[list[float], str]]) -> Path:
     return path
 
 
+def save_lines(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlabel: str, ylabel: str) -> Path:
+    """panels: panel title -> {line label: (xs, ys)}; one panel each, a legend per panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o", lw=1, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

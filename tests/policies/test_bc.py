@@ -19,12 +19,14 @@ def make_store(path, n_episodes=3, steps=10, seed=0):
     rng = np.random.default_rng(seed)
     schema = {c: ((64, 64, 3), "uint8") for c in CAMS} | {k: ((d,), "float32") for k, d in PROPRIO.items()}
     schema["action"] = ((7,), "float32")
+    schema["object"] = ((5,), "float32")  # privileged object state, as collection stores it
     store = TrajectoryStore.create(path, schema, {"fps": 20})
     for e in range(n_episodes):
         video = moving_squares(1, steps, seed=seed + e)[0]
         data = {c: video for c in CAMS}
         data |= {k: rng.normal(size=(steps, d)).astype(np.float32) for k, d in PROPRIO.items()}
         data["action"] = np.tanh(np.concatenate([data["robot0_eef_pos"], data["robot0_eef_quat"]], 1)).astype(np.float32)
+        data["object"] = rng.normal(size=(steps, 5)).astype(np.float32)
         store.add_episode(data, {"task": "synthetic", "seed": e, "success": True, "source": "test"})
     store.compute_stats()
     return path
@@ -164,7 +166,15 @@ def test_bad_policy_config(encoder_ckpt, tmp_path):
     with pytest.raises(ValueError, match="backbone"):
         _policy(encoder_ckpt, backbone="resnet")
     with pytest.raises(ValueError, match="head"):
-        _policy(encoder_ckpt, head="diffusion")
+        _policy(encoder_ckpt, head="transformer")
+    with pytest.raises(ValueError, match="readout: expected one of"):
+        _policy(encoder_ckpt, readout="max")
+    with pytest.raises(ValueError, match="n_obs_steps"):
+        _policy(encoder_ckpt, head="act", n_obs_steps=2)
+    with pytest.raises(ValueError, match="object-state keys"):
+        build_policy({"backbone": "state", "object_keys": ["object"]}, None, CAMS, 64, low_dim_sizes={})
+    with pytest.raises(ValueError, match="layer: expected 1..4"):
+        _policy(encoder_ckpt, encoder_layer=5)
     with pytest.raises(ValueError, match="n_action_steps"):
         _policy(encoder_ckpt, chunk=2, n_action_steps=3)
     with pytest.raises(ValueError, match="encoder checkpoint"):
@@ -192,3 +202,86 @@ def test_tiny_bc_run_drives_loss_down(encoder_ckpt, store_path, tmp_path):
     assert (tmp_path / "run" / "best" / "policy.safetensors").is_file()
     assert (tmp_path / "run" / "last" / "config.json").is_file()
     assert list((tmp_path / "run" / "tb").glob("events.*"))
+
+
+VARIANTS = [
+    {"readout": "mean"},
+    {"readout": "attentive", "position_embedding": True},
+    {"readout": "multiquery", "n_queries": 3},
+    {"readout": "spatial_softmax", "n_keypoints": 8},
+    {"head": "act", "position_embedding": True, "n_action_steps": 1},
+    {"head": "diffusion", "chunk": 8, "n_obs_steps": 2, "n_action_steps": 4,
+     "diffusion": {"down_dims": [16, 32], "n_groups": 4, "step_embed_dim": 16, "num_inference_steps": 4}},
+    {"backbone": "state", "object_keys": ["object"]},
+    {"backbone": "cnn", "readout": "spatial_softmax", "n_keypoints": 8},
+    {"backbone": "cnn", "head": "diffusion", "chunk": 8, "n_obs_steps": 2, "n_action_steps": 4,
+     "diffusion": {"down_dims": [16, 32], "n_groups": 4, "step_embed_dim": 16, "num_inference_steps": 4}},
+]
+
+
+def _variant(encoder_ckpt, **kw):
+    node = {"backbone": "toto", "head": "mlp", "chunk": 4, "n_action_steps": 2, "hidden": 32, "encoder_window": 2} | kw
+    return build_policy(node, encoder_ckpt, CAMS, 64, low_dim_sizes={"object": 5, **PROPRIO})
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items() if k != "diffusion"))
+def test_readouts_heads_and_state_train_save_and_act_identically(encoder_ckpt, store_path, tmp_path, kw):
+    """Each read-out / head / backbone: the loss falls on a handful of episodes, gradients reach what should
+    train and never the frozen encoder, and a saved policy acts exactly like the one in memory."""
+    torch.manual_seed(0)
+    policy = _variant(encoder_ckpt, **kw)
+    res = train_bc(policy, store_path, TrainConfig(steps=120, batch_size=16, lr=3e-3, warmup=5, eval_every=120,
+                                                   log_every=5, val_ratio=0.34), tmp_path / "run", progress=False)
+    losses = [h["loss"] for h in res["history"]["train"]]
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:2]), losses
+    loaded = BCPolicy.load(res["last"])
+    policy.eval()
+    ep = TrajectoryStore.open(store_path).episode(0)
+    for p in (policy, loaded):
+        p.reset()
+    for t in range(6):
+        obs = {k: ep[k][t] for k in (*CAMS, *PROPRIO)}
+        obs["privileged"] = {"object": ep["object"][t]}  # the runner's privileged state; only `state` reads it
+        a, b = policy.select_action(obs), loaded.select_action(obs)
+        assert a.shape == (7,) and np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b)
+    assert policy.uses_privileged_state == (kw.get("backbone") == "state")
+
+
+def test_state_policy_reads_object_state_not_images(encoder_ckpt):
+    policy = _variant(encoder_ckpt, backbone="state", object_keys=["object"]).eval()
+    assert policy.cfg.cameras == () and policy.cfg.low_dim_keys[0] == "object"
+    obs = {k: np.zeros(d, np.float32) for k, d in PROPRIO.items()}
+    a = policy.predict_action_chunk(obs | {"privileged": {"object": np.zeros(5)}})
+    policy.reset()
+    b = policy.predict_action_chunk(obs | {"privileged": {"object": np.full(5, 3.0)}})
+    assert not np.allclose(a, b)  # the object state changes the action
+    with pytest.raises(ValueError, match=r"missing \['object'\]"):
+        policy.predict_action_chunk(obs)
+
+
+def test_diffusion_policy_executes_from_the_current_step(encoder_ckpt):
+    """With 2 observation steps a 8-action chunk starts one step in the past: 7 actions from now on."""
+    kw = VARIANTS[5]
+    policy = _variant(encoder_ckpt, **kw).eval()
+    obs = {c: np.zeros((64, 64, 3), np.uint8) for c in CAMS} | {k: np.zeros(d, np.float32) for k, d in PROPRIO.items()}
+    assert policy.predict_action_chunk(obs).shape == (7, 7)
+    with pytest.raises(ValueError, match="n_action_steps: expected 1..chunk - n_obs_steps \\+ 1 = 7"):
+        _variant(encoder_ckpt, **(kw | {"n_action_steps": 8}))
+
+
+def test_a_saved_policy_needs_no_encoder_checkpoint(encoder_ckpt, tmp_path):
+    """The policy checkpoint holds every weight: loading it never reads the encoder checkpoint it names."""
+    import shutil
+
+    ckpt = tmp_path / "enc"
+    shutil.copytree(encoder_ckpt, ckpt)
+    obs = {c: np.zeros((64, 64, 3), np.uint8) for c in CAMS} | {k: np.zeros(d, np.float32) for k, d in PROPRIO.items()}
+    for backbone in ("toto", "toto_random"):
+        policy = _policy(ckpt, backbone=backbone)
+        policy.save(tmp_path / backbone)
+    shutil.rmtree(ckpt)
+    for backbone in ("toto", "toto_random"):
+        loaded = BCPolicy.load(tmp_path / backbone)
+        reference = _policy(encoder_ckpt, backbone=backbone).eval()
+        np.testing.assert_array_equal(loaded.predict_action_chunk(obs), reference.predict_action_chunk(obs))

@@ -22,17 +22,19 @@ from omegaconf import DictConfig, OmegaConf
 from envs.collect import collect
 from envs.experts import make_expert
 from envs.robosuite_env import EnvConfig
-from envs.runner import RolloutRunner, RunnerConfig
 from policies.bc import build_policy
-from policies.train import TrainConfig, train_bc
+from policies.train import TrainConfig
 from pretrain.data import ZarrSource
 from pretrain.loops import train_lm, train_tokenizer
 from toto_robot.checkpoint import load_state_dict, save_checkpoint
+from toto_robot.commands.bc_protocol import bc_record, train_and_test
 from toto_robot.config import CONFIG_DIR, model_config, tokenizer_config
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
 from toto_robot.model import Transformer, clip_to_sequence
 from toto_robot.report import markdown_table, save_curves, save_reconstructions
+from toto_robot.results import write_record
 from toto_robot.stages import finished, mark_finished
+from toto_robot.store import TrajectoryStore
 from toto_robot.tokenizer import Tokenizer, psnr_uint8
 
 
@@ -101,7 +103,7 @@ def run_demo(cfg: DictConfig) -> Path:
         with torch.no_grad():
             seq = clip_to_sequence(tok.encode(held_out), model.cfg)
             _, held = model(seq[:, :-1], seq[:, 1:])
-        save_toto(d / "checkpoint", tok, model)
+        save_toto(d / "checkpoint", tok, model, extra={"corpus": f"demonstrations:{cfg.collect.task}"})
         return {"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "held_out_loss": held.item(),
                 "params": model.num_params(), "clips": len(train_clips), "loss_curve": [h["loss"] for h in hist]}
 
@@ -116,21 +118,18 @@ def run_demo(cfg: DictConfig) -> Path:
         node = OmegaConf.to_container(node, resolve=True)
 
         def bc_stage(d: Path, node=node) -> dict:
-            policy = build_policy(node, ckpt, tuple(cams), cfg.collect.image_size)
-            evals = {}
-
-            def evaluate(p, step):
-                runner = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
-                                                    n_workers=cfg.eval.n_workers, output_dir=str(d / f"eval_{step}"),
-                                                    env=env_cfg))
-                evals[step] = runner.run(p, name=node["name"])
-                return {"success_rate": evals[step]["success_rate"]}
-
-            res = train_bc(policy, store_path, TrainConfig(**cfg.bc, seed=cfg.seed), d, evaluate=evaluate)
-            best = evals[res["best_step"]]  # the evaluation of the kept checkpoint
-            return {"policy": node["name"], "success_rate": best["success_rate"], "episodes": best["n_episodes"],
-                    "mean_length": best["mean_length"], "best_step": res["best_step"],
-                    "videos": sorted(str(p) for p in (d / f"eval_{res['best_step']}" / "videos").glob("*.mp4")),
+            low_dim = {k: shape[0] for k, (shape, _) in TrajectoryStore.open(store_path).schema.items() if len(shape) == 1}
+            policy = build_policy(node | {"seed": cfg.seed}, ckpt, tuple(cams), cfg.collect.image_size, low_dim)
+            train = TrainConfig(**cfg.bc, seed=cfg.seed)
+            res = train_and_test(policy, store_path, train, d, env_cfg, node["name"], n_test=cfg.eval.n_episodes,
+                                 n_select=cfg.eval.n_select, n_workers=cfg.eval.n_workers, n_videos=cfg.eval.n_videos)
+            test = res["test"]
+            if cfg.results_dir:
+                record = bc_record(policy, store_path, train, res, node["name"])
+                write_record(Path(cfg.results_dir) / f"{cfg.collect.task}-{node['name']}-seed{cfg.seed}.json", record)
+            return {"policy": node["name"], "success_rate": test["success_rate"], "success_ci95": test["success_ci95"],
+                    "episodes": test["n_episodes"], "mean_length": test["mean_length"], "best_step": res["best_step"],
+                    "videos": sorted(str(p) for p in (d / "test" / "videos").glob("*.mp4")),
                     "loss_curve": [h["loss"] for h in res["history"]["train"]], "checkpoint": str(d / "best")}
 
         bc_results.append(_stage(out, f"bc_{node['name']}", pick("collect", "tokenizer", "tokenizer_train", "model",
@@ -169,7 +168,8 @@ def encode_check(ckpt: Path, clips: np.ndarray, window: int) -> dict:
 
 
 def write_summary(out: Path, cfg: DictConfig, col: dict, tok: dict, lm: dict, enc: dict, bc: list[dict]) -> None:
-    success = [{"policy": r["policy"], "success": f"{r['success_rate']:.0%}", "episodes": r["episodes"],
+    success = [{"policy": r["policy"], "success": f"{r['success_rate']:.0%}",
+                "95% CI": "{:.0%}-{:.0%}".format(*r["success_ci95"]), "episodes": r["episodes"],
                 "mean length": r["mean_length"]} for r in bc]
     rows = [
         {"stage": "collect", "metric": "expert demonstrations (steps)", "value": f"{col['episodes']} ({col['steps']})"},
@@ -185,8 +185,8 @@ def write_summary(out: Path, cfg: DictConfig, col: dict, tok: dict, lm: dict, en
     videos = sorted(p.name for p in (out / "videos").glob("*.mp4"))
     text = "\n".join([
         f"# toto-demo report: {cfg.collect.task}", "",
-        (f"Behavior cloning from {col['episodes']} scripted demonstrations, evaluated on {cfg.eval.n_episodes} "
-        f"held-out seeds; {cfg.bc.steps} training steps per policy."), "",
+        (f"Behavior cloning from {col['episodes']} scripted demonstrations, tested on {cfg.eval.n_episodes} "
+        f"held-out seeds (100000..); {cfg.bc.steps} training steps per policy."), "",
         markdown_table(success), "", "## Stages", "", markdown_table(rows), "",
         "![reconstructions](tokenizer_reconstructions.png)", "", "![losses](losses.png)", "",
         "Rollout videos: " + ", ".join(f"[{v}](videos/{v})" for v in videos), "",

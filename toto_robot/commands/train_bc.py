@@ -1,11 +1,13 @@
 """toto-train-bc: train a behavior-cloning policy on a trajectory store, evaluating it in simulation.
 
     toto-train-bc                                    # toto_mlp on the demo's Lift store and encoder
-    toto-train-bc policy=cnn train.steps=5000 eval.n_episodes=50
+    toto-train-bc policy=cnn train.steps=5000 eval.n_episodes=50 results=results/bc/lift-cnn.json
 
 The environment (task, cameras, image size) is read from the store's attributes, so rollouts see what
-the demonstrations saw. Writes <out_dir>/{best,last} checkpoints, tb/ (TensorBoard), history.json and
-the evaluations' eval.json + videos.
+the demonstrations saw. The checkpoint is chosen on the selection seeds (200000, ...; only when
+train.eval_every < train.steps) and reported on the test seeds (100000, ...). Writes <out_dir>/{best,last}
+checkpoints, tb/ (TensorBoard), history.json, select/ and test/ evaluations (eval.json + videos), and with
+`results=PATH` a results record (figures, command, seeds, threads, git commit).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from envs.robosuite_env import EnvConfig
-from envs.runner import RolloutRunner, RunnerConfig
 from policies.bc import build_policy
-from policies.train import TrainConfig, train_bc
+from policies.train import TrainConfig
+from toto_robot.commands.bc_protocol import bc_record, train_and_test
 from toto_robot.config import CONFIG_DIR
+from toto_robot.results import write_record
 from toto_robot.store import TrajectoryStore
 
 
@@ -35,20 +38,23 @@ def run(cfg: DictConfig) -> dict:
         raise ValueError(f"store {store_path} has no 'env' attribute (written by toto-collect): cannot evaluate")
     env_cfg = EnvConfig(**env_attrs)
     node = OmegaConf.to_container(cfg.policy, resolve=True)
+    name = node["name"]
+    node["seed"] = cfg.train.seed
     cams = tuple(f"{c}_image" for c in env_cfg.cameras)
-    policy = build_policy(node, cfg.encoder if node.get("backbone") != "cnn" else None, cams, env_cfg.image_size)
-    out = Path(cfg.out_dir or f"outputs/bc/{env_cfg.task}-{node['name']}")
-    evaluate = None
-    if cfg.eval.n_episodes > 0:
-        def evaluate(p, step):
-            runner = RolloutRunner(RunnerConfig(n_episodes=cfg.eval.n_episodes, n_videos=cfg.eval.n_videos,
-                                                n_workers=cfg.eval.n_workers, output_dir=str(out / f"eval_{step}"),
-                                                env=env_cfg))
-            m = runner.run(p, name=node["name"])
-            return {"success_rate": m["success_rate"], "mean_length": m["mean_length"]}
-    res = train_bc(policy, store_path, TrainConfig(**cfg.train), out, evaluate=evaluate)
-    print(f"best success rate {res['best_success_rate']:.1%}; checkpoints in {out.resolve()} (best/, last/), "
+    low_dim = {k: shape[0] for k, (shape, _dtype) in store.schema.items() if len(shape) == 1}
+    policy = build_policy(node, cfg.encoder if node.get("backbone") in ("toto", "toto_random") else None, cams,
+                          env_cfg.image_size, low_dim_sizes=low_dim)
+    out = Path(cfg.out_dir or f"outputs/bc/{env_cfg.task}-{name}")
+    train = TrainConfig(**cfg.train)
+    res = train_and_test(policy, store_path, train, out, env_cfg, name, n_test=cfg.eval.n_episodes,
+                         n_select=cfg.eval.n_select, n_workers=cfg.eval.n_workers, n_videos=cfg.eval.n_videos)
+    test = res["test"]
+    lo, hi = test["success_ci95"]
+    print(f"test success {test['success_rate']:.1%} (95% CI {lo:.0%}-{hi:.0%}) over {test['n_episodes']} episodes "
+          f"from seed {test['episodes'][0]['seed']}; checkpoints in {out.resolve()} (best/, last/), "
           f"TensorBoard logs in {out.resolve() / 'tb'}")
+    if cfg.results:
+        print(f"results record: {write_record(cfg.results, bc_record(policy, store_path, train, res, name))}")
     return res
 
 
