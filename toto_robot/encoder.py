@@ -3,35 +3,35 @@
 `TotoEncoder.from_pretrained(dir)` loads a tokenizer + transformer checkpoint and maps frames
 (B, T, H, W, 3) to named outputs: the token ids, per-token features from an intermediate layer (the
 middle one by default: the paper finds ~50% depth best), and pooled features (mean, or a trainable
-attentive pooler for a downstream head).
+attentive pooler for a downstream head). `forward(frames, all_layers=True)` also returns the residual
+stream after every kept block in one pass (for probes); `keep_all=True` keeps every block, not only those
+up to the read-out layer.
 
-`StreamingEncoder` takes one frame per control step and keeps a key/value cache over a rolling window
-of the last N frames, plus the clip's start token as a permanent attention sink. Each layer's keys are
-rotated once, at their absolute position, and never recomputed: when the window slides, the oldest
-frame's slot in a ring buffer is overwritten. Rotary scores depend only on relative positions, and the
-sink's key is re-rotated each step to sit just before the window, so every score a query sees is the
-score it would see with the window laid out from position 0.
+`StreamingEncoder` takes one frame per control step and keeps the transformer's `SinkWindowCache`
+(toto_robot.model, which documents the mechanics): the keys/values of a rolling window of the last N
+frames, each rotated once at its absolute position and overwritten in a ring buffer when the window
+slides, plus the clip's start token as a permanent attention sink, re-rotated to sit just before the window.
 
 What the cache computes is sliding-window attention: every token, at every layer, attends to the sink
 and to the tokens of the last N frames. Until the window is full this is exactly the plain causal
 forward over the same frames. Once it slides, the cached keys of older frames carry context from
 frames that have since left the window (as in every sliding-window cache), so the exact reference is
-`windowed_hidden_states` below, the same attention pattern computed layer by layer over the whole
-history. `StreamingEncoder(mode="recompute")` instead re-encodes the window from scratch each step.
+`toto_robot.model.windowed_hidden_states`, the same attention pattern computed layer by layer over the
+whole history. `StreamingEncoder(mode="recompute")` instead re-encodes the window from scratch each step.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
 from toto_robot.frames import as_frames
-from toto_robot.model import ModelConfig, Transformer, apply_rope, clip_to_sequence, rope_cos_sin
+from toto_robot.model import ModelConfig, SinkWindowCache, Transformer, clip_to_sequence
 from toto_robot.parallel import autocast
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
@@ -44,6 +44,9 @@ class EncoderOutput:
     tokens: torch.Tensor  # (B, T, h, w) token ids
     features: torch.Tensor  # (B, T, P, C) features of every token from the chosen layer
     pooled: torch.Tensor  # (B, C) pooled over all tokens given
+    # with all_layers=True: (L+1, B, T, P, C) float32, the residual stream after 0 (the token embedding)
+    # .. L kept blocks; layers[layer] holds the features
+    layers: torch.Tensor | None = None
 
 
 class AttentivePooler(nn.Module):
@@ -88,9 +91,15 @@ def load_toto(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tok
 
 
 class TotoEncoder(nn.Module):
-    """Frozen tokenizer + the first `layer` transformer blocks; only the attentive pooler (if any) trains."""
+    """Frozen tokenizer + the first `layer` transformer blocks; only the attentive pooler (if any) trains.
 
-    def __init__(self, tokenizer: Tokenizer, model: Transformer, layer: int | None = None, pooling: str = "mean"):
+    The encoder holds copies: the tokenizer and transformer it is given are left as they are. It keeps the
+    blocks up to the read-out layer, or every block with `keep_all` (for `forward(..., all_layers=True)`
+    over the whole depth). Its state_dict names are the checkpoint's: `tokenizer.*`, `model.tok_emb.*`,
+    `model.layers.N.*` (kept blocks), `model.norm.*`, and `pooler.*` if attentive."""
+
+    def __init__(self, tokenizer: Tokenizer, model: Transformer, layer: int | None = None, pooling: str = "mean",
+                 keep_all: bool = False):
         super().__init__()
         cfg = model.cfg
         layer = cfg.n_layers // 2 if layer is None else layer
@@ -103,11 +112,9 @@ class TotoEncoder(nn.Module):
             raise ValueError(f"tokenizer grid {grid}x{grid} does not match the model's "
                              f"tokens_per_frame={cfg.tokens_per_frame}")
         self.layer, self.pooling = layer, pooling
-        self.tokenizer = tokenizer
-        self.model = model
-        # Blocks above the read-out layer never run: drop them (and the LM head) to save memory.
-        self.model.layers = self.model.layers[:layer]
-        self.model.output = nn.Identity()
+        self.tokenizer = copy.deepcopy(tokenizer)
+        # Blocks above the read-out layer never run unless kept for all_layers; the LM head never does.
+        self.model = model.trunk(cfg.n_layers if keep_all else layer)
         for p in list(self.tokenizer.parameters()) + list(self.model.parameters()):
             p.requires_grad_(False)
         self.pooler = AttentivePooler(cfg.d_model) if pooling == "attentive" else None
@@ -115,9 +122,9 @@ class TotoEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, layer: int | None = None, pooling: str = "mean",
-                        device: str | torch.device = "cpu") -> TotoEncoder:
-        tokenizer, model, _ = load_toto(path, device)
-        return cls(tokenizer, model, layer=layer, pooling=pooling).to(device)
+                        device: str | torch.device = "cpu", keep_all: bool = False) -> TotoEncoder:
+        tokenizer, model, _ = load_toto(path)  # on the CPU: only the kept copy goes to the device
+        return cls(tokenizer, model, layer=layer, pooling=pooling, keep_all=keep_all).to(device)
 
     def train(self, mode: bool = True):
         """The backbone stays in eval mode; only the pooler follows `mode`."""
@@ -155,54 +162,24 @@ class TotoEncoder(nn.Module):
             return features.mean(dim=1)
         return self.pooler(features)
 
-    def forward(self, frames) -> EncoderOutput:
-        """frames (B, T, H, W, 3), uint8 or float in [0, 1] -> EncoderOutput (plain causal forward)."""
+    @property
+    def n_kept(self) -> int:
+        """Transformer blocks this encoder holds: `layer`, or all of them with keep_all."""
+        return len(self.model.layers)
+
+    def forward(self, frames, all_layers: bool = False) -> EncoderOutput:
+        """frames (B, T, H, W, 3), uint8 or float in [0, 1] -> EncoderOutput (plain causal forward); with
+        `all_layers`, also `layers` (n_kept + 1, B, T, P, C)."""
         self.check_frames(frames)
         with torch.no_grad(), self.autocast():
             ids = self.tokenizer.encode(frames)  # (B, T, h, w)
             seq = clip_to_sequence(ids, self.cfg, add_end=False)  # (B, 1 + T*P)
-            h = self.model.hidden_states(seq, self.layer)[:, 1:].float()  # (B, T*P, C)
-        b, t = ids.shape[:2]
-        features = h.reshape(b, t, self.cfg.tokens_per_frame, -1)  # (B, T, P, C)
-        return EncoderOutput(tokens=ids, features=features, pooled=self.pool(h))
-
-
-def _window_mask(p: int, n_frames: int, slot: int, device) -> torch.Tensor:
-    """Boolean mask (P, 1 + n_frames*P) for P queries of the frame in `slot`: the sink and the other
-    filled slots are visible, the frame's own slot is causal."""
-    mask = torch.ones(p, 1 + n_frames * p, dtype=torch.bool, device=device)
-    own = slice(1 + slot * p, 1 + (slot + 1) * p)
-    mask[:, own] = torch.ones(p, p, dtype=torch.bool, device=device).tril()
-    return mask
-
-
-@torch.no_grad()
-def windowed_hidden_states(model: Transformer, seq: torch.Tensor, window: int, n_layers: int) -> torch.Tensor:
-    """Reference for the streaming cache, computed layer by layer over the whole history.
-
-    seq: (B, 1 + F*P) start token then F frames. Each token of frame f attends to the start token
-    (its key rotated to sit at the window's start) and the tokens of frames max(0, f-window+1)..f.
-    Returns the residual stream after `n_layers` blocks, (B, 1 + F*P, C)."""
-    cfg = model.cfg
-    p = cfg.tokens_per_frame
-    n_frames = (seq.shape[1] - 1) // p
-    x = model.tok_emb(seq)  # (B, L, C)
-    cos, sin = rope_cos_sin(torch.arange(seq.shape[1], device=seq.device), cfg.head_dim, cfg.rope_base)
-    for block in model.layers[:n_layers]:
-        q, k, v = block.attn.qkv(block.attn_norm(x))  # (B, H, L, D)
-        qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = torch.empty_like(q)
-        out[:, :, :1] = v[:, :, :1]  # the start token attends only to itself
-        for f in range(n_frames):
-            s = max(0, f - window + 1)
-            scos, ssin = rope_cos_sin(torch.tensor([s * p], device=seq.device), cfg.head_dim, cfg.rope_base)
-            keys = torch.cat([apply_rope(k[:, :, :1], scos, ssin), kr[:, :, 1 + s * p: 1 + (f + 1) * p]], dim=2)
-            vals = torch.cat([v[:, :, :1], v[:, :, 1 + s * p: 1 + (f + 1) * p]], dim=2)
-            mask = _window_mask(p, f - s + 1, f - s, seq.device)
-            out[:, :, 1 + f * p: 1 + (f + 1) * p] = F.scaled_dot_product_attention(
-                qr[:, :, 1 + f * p: 1 + (f + 1) * p], keys, vals, attn_mask=mask)
-        x = block.finish(x, out)
-    return x
+            n = self.n_kept if all_layers else self.layer
+            states = self.model.hidden_states(seq, n, all_layers=all_layers)[..., 1:, :].float()
+        b, t, p = *ids.shape[:2], self.cfg.tokens_per_frame
+        h = states[self.layer] if all_layers else states  # (B, T*P, C)
+        layers = states.reshape(n + 1, b, t, p, -1) if all_layers else None  # (L+1, B, T, P, C)
+        return EncoderOutput(tokens=ids, features=h.reshape(b, t, p, -1), pooled=self.pool(h), layers=layers)
 
 
 STREAM_MODES = ("cached", "recompute")
@@ -211,8 +188,10 @@ STREAM_MODES = ("cached", "recompute")
 class StreamingEncoder:
     """One frame per step -> features of that frame, with temporal context from the last `window` frames.
 
-    mode="cached": per-layer key/value ring buffer; each step costs about one frame's forward pass.
+    mode="cached": the transformer's SinkWindowCache; each step costs about one frame's forward pass.
     mode="recompute": re-encodes the window's tokens from scratch each step (exact window-only features).
+    `step(frame, all_layers=True)` also returns every kept block's output for the frame; in cached mode the
+    choice holds from the first step after `reset` (the cache has as many layers as that step ran).
     """
 
     def __init__(self, encoder: TotoEncoder, window: int = 16, mode: str = "cached"):
@@ -225,10 +204,7 @@ class StreamingEncoder:
 
     def reset(self) -> None:
         self.t = 0  # frames seen since reset
-        self._k: list[torch.Tensor] = []  # per layer (B, H, window*P, D), rotated at absolute positions
-        self._v: list[torch.Tensor] = []
-        self._sink_k: list[torch.Tensor] = []  # per layer (B, H, 1, D), unrotated
-        self._sink_v: list[torch.Tensor] = []
+        self.cache = SinkWindowCache(self.encoder.cfg, self.window)  # cached mode
         self._recent_ids: list[torch.Tensor] = []  # recompute mode: the window's token grids
 
     def _check_frame(self, frame) -> torch.Tensor:
@@ -239,61 +215,34 @@ class StreamingEncoder:
         return frame
 
     @torch.no_grad()
-    def step(self, frame) -> EncoderOutput:
-        """frame (B, H, W, 3) -> EncoderOutput of this frame: tokens (B, 1, h, w), features (B, 1, P, C)."""
+    def step(self, frame, all_layers: bool = False) -> EncoderOutput:
+        """frame (B, H, W, 3) -> EncoderOutput of this frame: tokens (B, 1, h, w), features (B, 1, P, C), and
+        with `all_layers` layers (n_kept + 1, B, 1, P, C)."""
         frame = self._check_frame(frame)
         enc = self.encoder
+        n = enc.n_kept if all_layers else enc.layer
+        if self.mode == "cached" and self.cache.started and n != self.cache.n_layers:
+            raise ValueError(f"all_layers: expected {not all_layers} as at the first step since reset (the cache "
+                             f"holds {self.cache.n_layers} layers, this step needs {n}), got {all_layers}")
         with enc.autocast():
             ids = enc.tokenizer.encode(frame)  # (B, 1, h, w)
-            if self.mode == "cached":
-                h = self._step_cached(ids.flatten(1))
-            else:
-                h = self._step_recompute(ids)
+            step = self._step_cached if self.mode == "cached" else self._step_recompute
+            states = step(ids, n, all_layers).float()  # (B, P, C), or (n+1, B, P, C) with all_layers
         self.t += 1
-        h = h.float()
-        return EncoderOutput(tokens=ids, features=h[:, None], pooled=enc.pool(h))
+        h = states[enc.layer] if all_layers else states
+        layers = states[:, :, None] if all_layers else None  # (n+1, B, 1, P, C)
+        return EncoderOutput(tokens=ids, features=h[:, None], pooled=enc.pool(h), layers=layers)
 
-    def _step_recompute(self, ids: torch.Tensor) -> torch.Tensor:
+    def _step_recompute(self, ids: torch.Tensor, n: int, all_layers: bool) -> torch.Tensor:
         enc = self.encoder
         self._recent_ids = (self._recent_ids + [ids])[-self.window:]
         seq = clip_to_sequence(torch.cat(self._recent_ids, dim=1), enc.cfg, add_end=False)
-        return enc.model.hidden_states(seq, enc.layer)[:, -enc.cfg.tokens_per_frame:]  # (B, P, C)
+        return enc.model.hidden_states(seq, n, all_layers=all_layers)[..., -enc.cfg.tokens_per_frame:, :]
 
-    def _start_sink(self, batch: int):
-        """Run the start token through the layers once; its keys/values never change."""
-        enc, cfg = self.encoder, self.encoder.cfg
-        start = torch.full((batch, 1), cfg.special_id("video_start"), dtype=torch.long, device=enc.device)
-        x = enc.model.tok_emb(start)
-        p, hd = cfg.tokens_per_frame, cfg.head_dim
-        for block in enc.model.layers:
-            _q, k, v = block.attn.qkv(block.attn_norm(x))
-            self._sink_k.append(k)
-            self._sink_v.append(v)
-            x = block.finish(x, v)  # a lone token's attention output is its own value
-            self._k.append(k.new_zeros(batch, cfg.n_heads, self.window * p, hd))
-            self._v.append(v.new_zeros(batch, cfg.n_heads, self.window * p, hd))
-
-    def _step_cached(self, ids: torch.Tensor) -> torch.Tensor:
-        enc, cfg = self.encoder, self.encoder.cfg
-        p, t, n = cfg.tokens_per_frame, self.t, self.window
-        if t == 0:
-            self._start_sink(ids.shape[0])
-        elif ids.shape[0] != self._k[0].shape[0]:
-            raise ValueError(f"frame: expected batch size {self._k[0].shape[0]} (as at the first step since "
-                             f"reset), got {ids.shape[0]}")
-        dev = ids.device
-        cos, sin = rope_cos_sin(1 + t * p + torch.arange(p, device=dev), cfg.head_dim, cfg.rope_base)
-        shift = torch.tensor([max(0, t - n + 1) * p], device=dev)  # the window's first position
-        scos, ssin = rope_cos_sin(shift, cfg.head_dim, cfg.rope_base)
-        slot, filled = t % n, min(t + 1, n)
-        mask = _window_mask(p, filled, slot, dev)
-        x = enc.model.tok_emb(ids)  # (B, P, C)
-        for i, block in enumerate(enc.model.layers):
-            q, k, v = block.attn.qkv(block.attn_norm(x))  # (B, H, P, D)
-            q = apply_rope(q, cos, sin)
-            self._k[i][:, :, slot * p: (slot + 1) * p] = apply_rope(k, cos, sin)
-            self._v[i][:, :, slot * p: (slot + 1) * p] = v
-            keys = torch.cat([apply_rope(self._sink_k[i], scos, ssin), self._k[i][:, :, : filled * p]], dim=2)
-            vals = torch.cat([self._sink_v[i], self._v[i][:, :, : filled * p]], dim=2)
-            x = block.finish(x, F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask))
-        return x  # (B, P, C)
+    def _step_cached(self, ids: torch.Tensor, n: int, all_layers: bool) -> torch.Tensor:
+        model = self.encoder.model
+        if not self.cache.started:  # the start token, the cache's attention sink
+            start = torch.full((ids.shape[0], 1), model.cfg.special_id("video_start"), dtype=torch.long,
+                               device=ids.device)
+            model.hidden_states(start, n, cache=self.cache)
+        return model.hidden_states(ids.flatten(1), n, cache=self.cache, all_layers=all_layers)

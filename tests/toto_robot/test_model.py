@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from toto_robot.model import MODEL_PRESETS, ModelConfig, Transformer, clip_to_sequence, model_preset
+from toto_robot.model import (
+    MODEL_PRESETS,
+    ModelConfig,
+    SinkWindowCache,
+    Transformer,
+    clip_to_sequence,
+    model_preset,
+    windowed_hidden_states,
+)
 
 PAPER_SIZES = {"base": 120e6, "large": 280e6, "1b": 1.1e9}
 
@@ -83,3 +91,70 @@ def test_rope_base_change_changes_outputs():
     after, _ = model(x)
     assert model.cfg.rope_base == 50_000.0
     assert not torch.allclose(before, after)
+
+
+def _peaked_model(max_seq_len: int) -> Transformer:
+    """A tiny model whose attention is peaked (queries and keys scaled up), so that which keys a token
+    sees, and at which positions, changes its output well above float32 rounding."""
+    torch.manual_seed(0)
+    model = Transformer(model_preset("tiny", codebook_size=32, tokens_per_frame=16, max_seq_len=max_seq_len)).eval()
+    with torch.no_grad():
+        for block in model.layers:
+            block.attn.wqkv.weight[: 2 * model.cfg.d_model].mul_(16)  # (q; k) rows
+    return model
+
+
+@torch.no_grad()
+def test_sink_window_cache_is_the_causal_forward_then_the_windowed_reference():
+    model = _peaked_model(max_seq_len=1 + 3 * 16)
+    seq = clip_to_sequence(torch.randint(0, 32, (2, 6, 4, 4)), model.cfg, add_end=False)  # (2, 1 + 6*16)
+    ref = windowed_hidden_states(model, seq, window=3, n_layers=4)
+    cache = SinkWindowCache(model.cfg, window=3)
+    assert model.hidden_states(seq[:, :1], cache=cache).shape == (2, 1, 64)  # the start token: the sink
+    for f in range(6):  # 6 frames: twice the context the model was built for
+        frame = seq[:, 1 + f * 16: 1 + (f + 1) * 16]
+        states = model.hidden_states(frame, cache=cache, all_layers=True)  # (5, 2, 16, 64)
+        assert states.shape == (5, 2, 16, 64) and cache.frames == f + 1
+        torch.testing.assert_close(states[-1], ref[:, 1 + f * 16: 1 + (f + 1) * 16], atol=1e-5, rtol=0)
+        if f < 3:  # the window is filling: exactly the plain causal forward
+            full = model.hidden_states(seq[:, : 1 + (f + 1) * 16], all_layers=True)[:, :, -16:]
+            torch.testing.assert_close(states, full, atol=1e-5, rtol=0)
+        assert cache.keys[0].shape == (2, 4, 3 * 16, 16)  # a ring buffer, never regrown
+
+
+def test_sink_window_cache_and_hidden_states_errors():
+    model = Transformer(model_preset("tiny", codebook_size=32, tokens_per_frame=16, max_seq_len=64)).eval()
+    ids = torch.zeros((2, 16), dtype=torch.long)
+    cache = SinkWindowCache(model.cfg, window=2)
+    with pytest.raises(ValueError, match=r"cache: expected the start token alone first \(1 token\), got 16 tokens"):
+        model.hidden_states(ids, cache=cache)
+    model.hidden_states(ids[:, :1], n_layers=2, cache=cache)
+    with pytest.raises(ValueError, match="cache: expected one frame of 16 tokens per call, got 3"):
+        model.hidden_states(ids[:, :3], n_layers=2, cache=cache)
+    with pytest.raises(ValueError, match=r"n_layers: expected 2 \(the layers the cache was started with\), got 4"):
+        model.hidden_states(ids, cache=cache)
+    with pytest.raises(ValueError, match=r"cache: expected batch size 2 \(as when it was started\), got 1"):
+        model.hidden_states(ids[:1], n_layers=2, cache=cache)
+    assert cache.frames == 0  # a refused call changes nothing
+    with pytest.raises(ValueError, match=r"n_layers: expected 0\.\.4 \(blocks of this model\), got 5"):
+        model.hidden_states(ids, n_layers=5)
+    with pytest.raises(ValueError, match="window: expected a positive number of frames, got 0"):
+        SinkWindowCache(model.cfg, window=0)
+
+
+def test_trunk_copies_the_first_blocks_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = Transformer(model_preset("tiny", codebook_size=32, tokens_per_frame=16, max_seq_len=64)).eval()
+    x = torch.randint(0, 32, (1, 40))
+    trunk = model.trunk(2)
+    assert len(trunk.layers) == 2 and trunk.output is None and len(model.layers) == 4 and model.output is not None
+    assert set(trunk.state_dict()) == {k for k in model.state_dict() if not k.startswith(("output.", "layers.2.",
+                                                                                          "layers.3."))}
+    assert torch.equal(trunk.hidden_states(x), model.hidden_states(x, n_layers=2))
+    with torch.no_grad():
+        trunk.layers[0].attn.wqkv.weight.zero_()
+    assert model.layers[0].attn.wqkv.weight.abs().sum() > 1  # a copy, not a view
+    with pytest.raises(ValueError, match="forward: expected a Transformer with its LM head, got a trunk"):
+        trunk(x)
+    with pytest.raises(ValueError, match=r"n_blocks: expected 1\.\.4 \(blocks of the transformer\), got 0"):
+        model.trunk(0)
