@@ -31,7 +31,7 @@ from torch import nn
 from policies.diffusion import DiffusionHead, DiffusionHeadConfig
 from policies.features import feature_key
 from policies.readouts import READOUTS, Readout
-from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
+from toto_robot.checkpoint import BC_POLICY, load_state_dict, read_checkpoint, read_config, save_checkpoint
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto
 from toto_robot.frames import as_frames
 from toto_robot.model import ModelConfig, Transformer
@@ -39,7 +39,6 @@ from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
 BACKBONES = ("toto", "toto_random", "cnn", "state")
 HEADS = ("mlp", "act", "diffusion")
-CHECKPOINT_KIND = "toto-bc-policy"
 
 
 @dataclass
@@ -397,16 +396,13 @@ class BCPolicy(nn.Module):
     # ---------------------------------------------------------------- checkpoints
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         state = {k: v for k, v in self.state_dict().items()}
-        return save_checkpoint(path, {"kind": CHECKPOINT_KIND, "policy": asdict(self.cfg), **(extra or {})},
-                               {"policy": state})
+        return save_checkpoint(path, BC_POLICY, {"policy": asdict(self.cfg), **(extra or {})}, {"policy": state})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> BCPolicy:
         """Rebuild a policy from its checkpoint alone: the architecture from config.json, every weight (the
         encoder's included) from policy.safetensors; the encoder checkpoint it names is not needed."""
-        config = read_config(path)
-        if config.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(f"policy checkpoint {path}: expected kind {CHECKPOINT_KIND!r}, found {config.get('kind')!r}")
+        config = read_checkpoint(path, BC_POLICY)
         cfg = PolicyConfig(**config["policy"])
         encoder = _build_encoder(cfg, pretrained=False) if cfg.backbone in ("toto", "toto_random") else None
         policy = cls(cfg, encoder=encoder)

@@ -21,38 +21,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 import zarr
 from tqdm.auto import tqdm
 
 from pretrain.data import SkipLog, Source, SourceError, item_clips
-from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
+from toto_robot.checkpoint import load_tokenizer, save_tokenizer  # noqa: F401  (re-exported for their callers)
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "toto-token-shards"
 PROGRESS_FILE = "progress.json"
-TOKENIZER_KIND = "tokenizer"
 CHUNK_CLIPS = 64
-
-
-def save_tokenizer(path: str | Path, tokenizer: Tokenizer, extra: dict | None = None) -> Path:
-    return save_checkpoint(path, {"kind": TOKENIZER_KIND, "tokenizer": asdict(tokenizer.cfg), **(extra or {})},
-                           {"tokenizer": tokenizer.state_dict()})
-
-
-def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
-    """A tokenizer from a tokenizer checkpoint or a full Toto checkpoint (both hold tokenizer.safetensors)."""
-    if not (Path(path) / "tokenizer.safetensors").is_file():
-        raise FileNotFoundError(f"tokenizer checkpoint: expected a directory with tokenizer.safetensors at {path} "
-                                "(train one with toto-train-tokenizer), found none")
-    config = read_config(path)
-    if config.get("kind") not in (TOKENIZER_KIND, "toto"):
-        raise ValueError(f"checkpoint {path}: expected kind 'tokenizer' or 'toto', found {config.get('kind')!r}")
-    tok = Tokenizer(TokenizerConfig(**config["tokenizer"]))
-    tok.load_state_dict(load_state_dict(path, "tokenizer"))
-    return tok.to(device).eval()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -5,8 +5,9 @@
   `torch.compile`, DDP or FSDP2 through `toto_robot.parallel.parallelize`.
 - Batches are a pure function of (seed, step, micro-batch, rank): the data position is the step, so a
   checkpoint holding model, optimizer, scheduler, RNG and step resumes exactly where the run stopped.
-- Checkpoints are Toto checkpoint directories (config.json + tokenizer/model safetensors, loadable by
-  `load_toto`) plus optimizer and RNG tensors; written atomically every `ckpt_every` steps.
+- The checkpoint is a Toto checkpoint directory (config.json + tokenizer/model safetensors, loadable by
+  `load_toto`) carrying the train state (`toto_robot.checkpoint.TrainState`: step, optimizer, scheduler,
+  RNG, data position); written atomically every `ckpt_every` steps.
 - Logs loss, lr, gradient norm, tokens/s and MFU to the console, a tqdm bar, TensorBoard and
   `metrics.jsonl`; held-out loss every `eval_every` steps and at the end.
 """
@@ -23,12 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
-from pretrain.shards import TokenShards, load_tokenizer
-from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
+from pretrain.shards import TokenShards
+from toto_robot.checkpoint import (
+    CONFIG_FILE,
+    TOTO,
+    TrainState,
+    load_state_dict,
+    load_tokenizer,
+    load_train_state,
+    read_checkpoint,
+    save_train_state,
+)
 from toto_robot.config import model_config
 from toto_robot.model import ModelConfig, Transformer, clip_to_sequence
 from toto_robot.parallel import STRATEGIES, autocast, init_distributed, parallelize
@@ -172,27 +181,8 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-# Full (unsharded) state dicts keyed by parameter name, whatever the wrapping (none, DDP, FSDP2). The
-# optimizer state is flattened by hand below: torch's own flattening does not load back with
-# full_state_dict=True (KeyError on 'param_groups.0.params.0' in torch 2.11).
+# Full (unsharded) state dicts keyed by parameter name, whatever the wrapping (none, DDP, FSDP2).
 _STATE_OPTIONS = {"full_state_dict": True, "cpu_offload": True}
-_SEP = "::"
-
-
-def _flatten_optimizer(osd: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """{"state": {name: {key: tensor}}, "param_groups": [...]} -> ({"name::key": tensor}, param_groups)."""
-    tensors = {f"{name}{_SEP}{k}": v for name, st in osd["state"].items() for k, v in st.items()}
-    return tensors, osd["param_groups"]
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
-    state: dict[str, dict] = {}
-    for key, v in tensors.items():
-        name, k = key.rsplit(_SEP, 1)
-        state.setdefault(name, {})[k] = v
-    # JSON turned tuples (AdamW's betas) into lists.
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in param_groups]
-    return {"state": state, "param_groups": groups}
 
 
 def build_model_config(shards: TokenShards, model_node: dict, cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
@@ -201,9 +191,7 @@ def build_model_config(shards: TokenShards, model_node: dict, cfg: TrainConfig) 
     tok = replace(shards.tokenizer_config, image_size=int(shards.attrs["resolution"]))
     init = None
     if cfg.init_from:
-        init = read_config(cfg.init_from)
-        if init.get("kind") != "toto":
-            raise ValueError(f"init_from {cfg.init_from}: expected a Toto checkpoint, found kind {init.get('kind')!r}")
+        init = read_checkpoint(cfg.init_from, TOTO)
         arch = {k: init["model"][k] for k in ("n_layers", "d_model", "n_heads", "ffn_hidden", "norm_eps", "rope_base")}
         if init["model"]["codebook_size"] != tok.vocab_size:
             raise ValueError(f"init_from {cfg.init_from}: expected codebook_size {tok.vocab_size} (the shards' "
@@ -222,7 +210,7 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     shards = TokenShards(shards_path, held_out=cfg.held_out)
     mcfg, init = build_model_config(shards, model_node, cfg)
     tok_path = shards.attrs["tokenizer_checkpoint"]
-    tokenizer_sd = load_tokenizer(tok_path).state_dict() if rank == 0 else None
+    tokenizer = load_tokenizer(tok_path) if rank == 0 else None  # rank 0 writes it into every checkpoint
     batches = Batches(shards, cfg.weights, mcfg, cfg.seed)
 
     torch.manual_seed(cfg.seed)
@@ -238,8 +226,8 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
 
     start = 0
     ckpt = out / CHECKPOINT
-    if cfg.resume and (ckpt / "optimizer.safetensors").is_file():
-        start = _load_train_state(ckpt, model_p, opt, sched, rank, world)
+    if cfg.resume and (ckpt / CONFIG_FILE).is_file():
+        start = _restore(load_train_state(ckpt), model_p, opt, sched, rank, world)
         if rank == 0:
             print(f"resuming from {ckpt} at step {start}")
     if rank == 0:
@@ -278,8 +266,23 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
         total = sum(v[1] for v in sums.values())
         return {"held_out_loss": sum(v[0] for v in sums.values()) / total if total else None, **per_source}
 
+    run = {"config": asdict(cfg), "shards": str(shards.path.resolve()), "train_flops_per_token": flops["train"]}
+
     def save(step: int):
-        _save_train_state(ckpt, model_p, opt, sched, step, rank, world, mcfg, shards, cfg, tokenizer_sd, flops)
+        """Collective (every rank gathers its state); rank 0 writes one atomic checkpoint directory."""
+        model_sd, optim_sd = get_state_dict(model_p, opt, options=StateDictOptions(**_STATE_OPTIONS))
+        rng = [torch.get_rng_state(), *([torch.cuda.get_rng_state()] if torch.cuda.is_available() else [])]
+        rngs = [rng]
+        if world > 1:
+            rngs = [None] * world
+            dist.all_gather_object(rngs, rng)
+        if rank == 0:
+            scheduler = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+            state = TrainState(step=step, model=model_sd, optimizer=optim_sd, scheduler=scheduler, rng=rngs,
+                               seed=cfg.seed, world_size=world, run=run)
+            save_train_state(ckpt, state, tokenizer, mcfg)
+        if world > 1:
+            dist.barrier()
 
     model_p.train()
     bar = tqdm(total=cfg.steps, initial=start, desc="pretrain", disable=rank != 0 or not cfg.progress)
@@ -347,48 +350,16 @@ def _truncate_metrics(path: Path, step: int):
     path.write_text("".join(r + "\n" for r in rows))
 
 
-def _save_train_state(ckpt: Path, model_p, opt, sched, step: int, rank: int, world: int, mcfg: ModelConfig,
-                      shards: TokenShards, cfg: TrainConfig, tokenizer_sd, flops: dict):
-    """Collective (every rank calls it); rank 0 writes one atomic checkpoint directory."""
-    model_sd, optim_sd = get_state_dict(model_p, opt, options=StateDictOptions(**_STATE_OPTIONS))
-    rng = [torch.get_rng_state()]
-    if torch.cuda.is_available():
-        rng.append(torch.cuda.get_rng_state())
-    rngs = [None] * world
-    if world > 1:
-        dist.all_gather_object(rngs, rng)
-    else:
-        rngs = [rng]
-    if rank == 0:
-        optim_tensors, param_groups = _flatten_optimizer(optim_sd)
-        rng_sd = {f"rank{r}.{i}": t for r, states in enumerate(rngs) for i, t in enumerate(states)}
-        sched_sd = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
-        config = {
-            "kind": "toto", "tokenizer": shards.attrs["tokenizer"], "model": mcfg.to_dict(),
-            "train": {"step": step, "data_position": {"step": step, "seed": cfg.seed, "world_size": world},
-                      "scheduler": sched_sd, "optimizer_param_groups": param_groups, "config": asdict(cfg),
-                      "shards": str(shards.path.resolve()), "train_flops_per_token": flops["train"]},
-        }
-        save_checkpoint(ckpt, json.loads(json.dumps(config)),
-                        {"model": model_sd, "tokenizer": tokenizer_sd, "optimizer": optim_tensors, "rng": rng_sd})
-    if world > 1:
-        dist.barrier()
-
-
-def _load_train_state(ckpt: Path, model_p, opt, sched, rank: int, world: int) -> int:
-    config = read_config(ckpt)
-    train = config["train"]
-    model_sd = load_state_dict(ckpt, "model")
-    optim_sd = _unflatten_optimizer(load_file(ckpt / "optimizer.safetensors"), train["optimizer_param_groups"])
-    set_state_dict(model_p, opt, model_state_dict=model_sd, optim_state_dict=optim_sd,
+def _restore(state: TrainState, model_p, opt, sched, rank: int, world: int) -> int:
+    """Load `state` into the (wrapped) model, optimizer, scheduler and this rank's RNG; returns its step."""
+    set_state_dict(model_p, opt, model_state_dict=state.model, optim_state_dict=state.optimizer,
                    options=StateDictOptions(full_state_dict=True))
-    sched.load_state_dict({**train["scheduler"], "lr_lambdas": [None] * len(opt.param_groups)})
-    rng = load_file(ckpt / "rng.safetensors")
-    if train["data_position"]["world_size"] == world and f"rank{rank}.0" in rng:
-        torch.set_rng_state(rng[f"rank{rank}.0"])
-        if torch.cuda.is_available() and f"rank{rank}.1" in rng:
-            torch.cuda.set_rng_state(rng[f"rank{rank}.1"])
+    sched.load_state_dict({**state.scheduler, "lr_lambdas": [None] * len(opt.param_groups)})
+    if state.world_size == world:
+        torch.set_rng_state(state.rng[rank][0])
+        if torch.cuda.is_available() and len(state.rng[rank]) > 1:
+            torch.cuda.set_rng_state(state.rng[rank][1])
     elif rank == 0:
-        log.warning("checkpoint %s was written by %d processes, resuming with %d: batches differ from an "
-                    "uninterrupted run", ckpt, train["data_position"]["world_size"], world)
-    return int(train["step"])
+        log.warning("checkpoint at step %d was written by %d processes, resuming with %d: batches differ from an "
+                    "uninterrupted run", state.step, state.world_size, world)
+    return state.step

@@ -23,20 +23,19 @@ whole history. `StreamingEncoder(mode="recompute")` instead re-encodes the windo
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from toto_robot.checkpoint import load_state_dict, read_config, save_checkpoint
+from toto_robot.checkpoint import load_toto, save_toto  # noqa: F401  (save_toto: re-exported for its callers)
 from toto_robot.frames import as_frames
 from toto_robot.model import ModelConfig, SinkWindowCache, Transformer, clip_to_sequence
 from toto_robot.parallel import autocast
-from toto_robot.tokenizer import Tokenizer, TokenizerConfig
+from toto_robot.tokenizer import Tokenizer
 
 POOLINGS = ("mean", "attentive")
-CHECKPOINT_KIND = "toto"
 
 
 @dataclass
@@ -65,29 +64,6 @@ class AttentivePooler(nn.Module):
         x = self.norm(x)
         y, _ = self.attn(self.query.expand(x.shape[0], -1, -1), x, x, need_weights=False)
         return self.out_norm(y[:, 0])  # (B, C)
-
-
-def save_toto(path: str | Path, tokenizer: Tokenizer, model: Transformer, extra: dict | None = None) -> Path:
-    """A Toto checkpoint: config.json + tokenizer.safetensors + model.safetensors."""
-    config = {
-        "kind": CHECKPOINT_KIND,
-        "tokenizer": asdict(tokenizer.cfg),
-        "model": model.cfg.to_dict(),
-        **(extra or {}),
-    }
-    return save_checkpoint(path, config, {"tokenizer": tokenizer.state_dict(), "model": model.state_dict()})
-
-
-def load_toto(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tokenizer, Transformer, dict]:
-    """Rebuild tokenizer and transformer from a checkpoint directory alone."""
-    config = read_config(path)
-    if config.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"checkpoint {path}: expected kind {CHECKPOINT_KIND!r}, found {config.get('kind')!r}")
-    tokenizer = Tokenizer(TokenizerConfig(**config["tokenizer"]))
-    tokenizer.load_state_dict(load_state_dict(path, "tokenizer"))
-    model = Transformer(ModelConfig(**config["model"]))
-    model.load_state_dict(load_state_dict(path, "model"))
-    return tokenizer.to(device), model.to(device), config
 
 
 class TotoEncoder(nn.Module):

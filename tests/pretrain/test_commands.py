@@ -70,7 +70,8 @@ def test_the_three_commands_on_a_folder_with_a_corrupt_file(tmp_path):
 @pytest.mark.parametrize("module, overrides, message", [
     ("tokenize", ["data=folder", "data.sources.videos.root=/nonexistent/videos"],
      "expected a directory of videos at /nonexistent/videos, found nothing"),
-    ("tokenize", ["tokenizer_checkpoint=/nonexistent/tok"], "expected a directory with tokenizer.safetensors at /nonexistent/tok"),
+    ("tokenize", ["tokenizer_checkpoint=/nonexistent/tok"],
+     "checkpoint /nonexistent/tok: expected /nonexistent/tok/config.json, found no such file"),
     ("pretrain", ["shards=/nonexistent/tokens.zarr"], "expected progress.json in /nonexistent/tokens.zarr"),
     ("pretrain", ["train.strategy=zero3"], "expected one of ('none', 'ddp', 'fsdp'), got 'zero3'"),
 ])

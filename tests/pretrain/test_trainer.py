@@ -94,5 +94,5 @@ def test_resolution_finetune_with_a_new_rope_base(shards, trained, tmp_path):
     # Started from the trained weights: the first step is far below a fresh model's ~ln(64).
     assert _losses(tmp_path / "r64")[0] < math.log(64) - 0.4
     assert math.isfinite(res["held_out_loss"])
-    with pytest.raises(ValueError, match="expected a Toto checkpoint"):
+    with pytest.raises(ValueError, match="expected kind 'toto', found 'tokenizer'"):
         pretrain(big, MODEL, _cfg(steps=1, init_from=str(tmp / "tokenizer")), tmp_path / "bad")

@@ -26,7 +26,7 @@ from policies.bc import build_policy
 from policies.train import TrainConfig
 from pretrain.data import ZarrSource
 from pretrain.loops import train_lm, train_tokenizer
-from toto_robot.checkpoint import load_state_dict, save_checkpoint
+from toto_robot.checkpoint import load_state_dict, save_tokenizer
 from toto_robot.commands.bc_protocol import bc_record, train_and_test
 from toto_robot.config import CONFIG_DIR, model_config, tokenizer_config
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
@@ -82,7 +82,7 @@ def run_demo(cfg: DictConfig) -> Path:
     def tokenizer_stage(d: Path) -> dict:
         tok = Tokenizer(tok_cfg)
         hist = train_tokenizer(tok, train_clips, **cfg.tokenizer_train, seed=cfg.seed)
-        save_checkpoint(d / "checkpoint", {"kind": "tokenizer", "tokenizer": tok_cfg.__dict__}, {"tokenizer": tok.state_dict()})
+        save_tokenizer(d / "checkpoint", tok)
         recon = tok.reconstruct(held_out[:, :1]).numpy()
         psnr = psnr_uint8(recon, held_out[:, :1])
         save_reconstructions(out / "tokenizer_reconstructions.png", held_out[:8, 0], recon[:8, 0],
