@@ -237,6 +237,7 @@ class RobosuiteEnv(gym.Env):
         }
         for key in PROPRIO_KEYS:
             state[key] = np.asarray(raw[key], dtype=np.float64)
+        state |= self.object_state()  # the stored object-state keys, for policies trained on them (`state`)
         env = self._env
         if self.config.task == "PickPlaceCan":
             state["target_bin_pos"] = env.target_bin_placements[env.object_id].copy()

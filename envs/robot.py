@@ -110,7 +110,7 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 class LeRobotAdapter:
-    """A LeRobot `Robot` behind the control loop's `ControlRobot` interface (toto_robot/deploy.py)."""
+    """A LeRobot `Robot` behind the control loop's `ControlRobot` interface (toto_robot/deploy/config.py)."""
 
     def __init__(self, robot: Robot, mapping: RobotMapping):
         self.robot, self.mapping = robot, mapping

@@ -95,7 +95,9 @@ def test_truncated_at_horizon_and_state_only_observation():
         obs, _ = env.reset(seed=0)
         assert set(obs) == set(PROPRIO_KEYS)  # object poses stay out of the observation
         assert obs["robot0_eef_pos"].dtype == np.float32
-        assert "cube_pos" in env.unwrapped.privileged_state()
+        privileged = env.unwrapped.privileged_state()
+        assert "cube_pos" in privileged and privileged["object"].shape == (10,)  # the stored object-state keys
+        np.testing.assert_array_equal(privileged["object_pos"], privileged["cube_pos"].astype(np.float32))
         for t in range(5):
             obs, reward, terminated, truncated, info = env.step(np.zeros(7, np.float32))
             assert not terminated and info["success"] is False and reward == 0.0

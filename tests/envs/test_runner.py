@@ -65,3 +65,27 @@ def test_videos_are_written(tmp_path):
 def test_bad_runner_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         RunnerConfig(**kwargs)
+
+
+def test_the_state_baseline_rolls_out_on_the_privileged_object_state():
+    """The `state` policy reads the stored object-state keys at run time from obs['privileged']."""
+    from policies.bc import build_policy
+
+    node = {"backbone": "state", "object_keys": ["object"], "chunk": 4, "n_action_steps": 2, "hidden": 16}
+    policy = build_policy(node, None, (), 64, low_dim_sizes={"object": 10}).eval()
+    runner = RolloutRunner(RunnerConfig(n_episodes=1, env=state_only(horizon=5)))
+    metrics = runner.run(policy, progress=False)
+    assert metrics["episodes"][0]["length"] == 5
+
+
+def test_test_and_selection_seeds_never_overlap():
+    from envs.runner import SELECTION_SEED_START, TEST_SEED_START, wilson_interval
+
+    assert TEST_SEED_START + 50 <= SELECTION_SEED_START
+    RunnerConfig(n_episodes=SELECTION_SEED_START - TEST_SEED_START)  # every test seed, none beyond
+    with pytest.raises(ValueError, match="would reach the selection seeds"):
+        RunnerConfig(n_episodes=SELECTION_SEED_START - TEST_SEED_START + 1)
+    RunnerConfig(seed_start=SELECTION_SEED_START, n_episodes=10)
+    lo, hi = wilson_interval(45, 50)  # 90% over 50 episodes
+    assert 0.78 < lo < 0.79 and 0.95 < hi < 0.96
+    assert wilson_interval(0, 50)[0] == 0.0 and wilson_interval(50, 50)[1] == 1.0

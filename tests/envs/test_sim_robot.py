@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from envs.robot import LeRobotAdapter, RobotMapping, lerobot_robot_config, make_lerobot_robot
 from envs.sim_robot import ACTION_NAMES, STATE_NAMES, FaultConfig, FaultyRobot, SimRobot, SimRobotConfig
+from policies.reference import ReferencePolicy, ReferencePolicyConfig
 from tests.toto_robot.helpers import tiny_models
 from toto_robot.config import CONFIG_DIR
 from toto_robot.deploy import (
@@ -19,8 +20,6 @@ from toto_robot.deploy import (
     DISCONNECTED,
     INTERVENTION_BITS,
     LoopConfig,
-    ReferencePolicy,
-    ReferencePolicyConfig,
     SafetyConfig,
     log_episode,
     open_log,

@@ -8,6 +8,7 @@ with a 95% Wilson interval. The reported seeds are never the ones a checkpoint w
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ def train_and_test(policy: BCPolicy, store_path: str | Path, train: TrainConfig,
     otherwise the last checkpoint is the only candidate), then test the kept checkpoint on the test seeds.
     Returns train_bc's results plus `test` (the runner's metrics, eval.json and videos in out_dir/test)."""
     out = Path(out_dir)
+    if not policy.cfg.cameras:  # the state baseline: roll out without rendering camera observations
+        env = replace(env, cameras=())
     select = None
     if n_select > 0 and train.eval_every < train.steps:
         select = rollout_evaluator(env, n_select, SELECTION_SEED_START, out / "select", name, n_workers)
