@@ -22,14 +22,8 @@ import time
 import numpy as np
 import torch
 
-from toto_robot.deploy import (
-    LoopConfig,
-    ReferencePolicy,
-    ReferencePolicyConfig,
-    SafetyConfig,
-    TimedObservation,
-    run_episode,
-)
+from policies.reference import ReferencePolicy, ReferencePolicyConfig
+from toto_robot.deploy import LoopConfig, SafetyConfig, TimedObservation, run_episode
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.model import Transformer, model_preset
 from toto_robot.synthetic import moving_squares

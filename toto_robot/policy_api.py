@@ -3,10 +3,12 @@ the deployment loop can drive any of them without importing `policies/`."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: the deployment loop imports this module and needs no torch
+    import torch
 
 
 @runtime_checkable

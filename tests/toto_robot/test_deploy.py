@@ -13,6 +13,7 @@ import pytest
 import torch
 import zarr
 
+from policies.reference import ReferencePolicy, ReferencePolicyConfig
 from tests.toto_robot.helpers import moving_squares, tiny_models
 from toto_robot.deploy import (
     COMPLETED,
@@ -23,8 +24,6 @@ from toto_robot.deploy import (
     ActionPlan,
     Chunk,
     LoopConfig,
-    ReferencePolicy,
-    ReferencePolicyConfig,
     SafetyConfig,
     SafetyFilter,
     TimedObservation,

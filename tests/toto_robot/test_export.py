@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from policies.reference import ChunkHead
 from tests.toto_robot.helpers import moving_squares, tiny_models
-from toto_robot.deploy import ChunkHead
 from toto_robot.encoder import TotoEncoder
 from toto_robot.export import EXPORT, TRACE, export_encoder, export_module, load_exported
 

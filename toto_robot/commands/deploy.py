@@ -24,17 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.robot import LeRobotAdapter, RobotMapping, make_lerobot_robot
 from envs.sim_robot import FaultConfig, FaultyRobot
+from policies.reference import ReferencePolicy, ReferencePolicyConfig
 from toto_robot.config import CONFIG_DIR
-from toto_robot.deploy import (
-    DISCONNECTED,
-    INTERRUPTED,
-    ReferencePolicy,
-    ReferencePolicyConfig,
-    describe,
-    log_episode,
-    open_log,
-    run_episode,
-)
+from toto_robot.deploy import DISCONNECTED, INTERRUPTED, describe, log_episode, open_log, run_episode
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.model import Transformer, model_preset
 from toto_robot.tokenizer import Tokenizer, tokenizer_preset
