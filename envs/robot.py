@@ -13,8 +13,9 @@
 (its own, third-party `lerobot_robot_*` plugins, and `toto_sim`, our simulated arm); the other fields are that
 robot's config fields, decoded by draccus exactly as LeRobot's command line does.
 
-Observations: each policy image key takes one camera (centre-cropped to a square and resized to `image_size`
-if given), each policy state key concatenates scalar features into float32. The capture time is the oldest
+Observations: each policy image key takes one camera, brought to `image_size` if given by
+`toto_robot.frames.preprocess_frame` (centre crop to a square, box resampling: what pretraining's frames go
+through), each policy state key concatenates scalar features into float32. The capture time is the oldest
 "<camera>.timestamp" the robot reports (our simulated robot does), else the time the observation was
 requested. Actions: the policy's vector goes out as {name: float} in the order of `action`.
 """
@@ -27,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-import cv2
 import draccus
 import numpy as np
 from lerobot.robots import Robot, RobotConfig, make_robot_from_config
@@ -35,6 +35,7 @@ from lerobot.utils.import_utils import register_third_party_plugins
 
 from envs.sim_robot import TIMESTAMP_SUFFIX, SimRobot, SimRobotConfig  # importing registers "toto_sim"
 from toto_robot.deploy import TimedObservation
+from toto_robot.frames import preprocess_frame
 
 
 def _register_lerobot_types() -> None:
@@ -98,17 +99,6 @@ class RobotMapping:
         self.state = {k: list(v) for k, v in self.state.items()}
 
 
-def square_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3): centre crop to a square, then area resampling."""
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    crop = image[top:top + s, left:left + s]
-    if s == size:
-        return np.ascontiguousarray(crop)
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-
-
 class LeRobotAdapter:
     """A LeRobot `Robot` behind the control loop's `ControlRobot` interface (toto_robot/deploy/config.py)."""
 
@@ -160,7 +150,7 @@ class LeRobotAdapter:
             image = np.asarray(raw[cam])
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"camera {cam!r}: expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
-            data[policy_key] = square_resize(image, self.mapping.image_size) if self.mapping.image_size else image
+            data[policy_key] = preprocess_frame(image, self.mapping.image_size) if self.mapping.image_size else image
             if cam + TIMESTAMP_SUFFIX in raw:
                 stamps.append(float(raw[cam + TIMESTAMP_SUFFIX]))
         for policy_key, names in self.mapping.state.items():

@@ -1,8 +1,9 @@
 """Pretraining data: sources of frames behind one interface, the paper's clip sampling, a weighted mixture.
 
 A source is a list of *items* (a video file, a folder of frames, a group of images, a camera of a robot
-episode); each item yields clips of `clip_frames` frames, resized and centre-cropped to the training
-resolution, uint8 (T, S, S, 3). Source kinds:
+episode); each item yields clips of `clip_frames` frames, uint8 (T, S, S, 3) at the training resolution S,
+every frame through `toto_robot.frames.preprocess_frame` (centre crop to a square, box resampling), the
+function the robot's observations go through too. Source kinds:
 
 - `videos`: a directory tree of videos (mp4, webm, mov, avi, mkv, gif) read with PyAV, and folders of
   image frames (each folder sorted by name is one video). An Ego4D-style layout adds a `manifest`
@@ -29,6 +30,8 @@ from pathlib import Path
 import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from toto_robot.frames import preprocess_frame, preprocess_frames
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +62,15 @@ def clip_indices(n_frames: int, clip_frames: int = 16, stride: int = 4) -> list[
     return [k * span + offsets for k in range((n_frames - extent) // span + 1)]
 
 
-def resize_crop_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """Size to resize to so the shorter side is `size` (aspect kept); a centre crop follows."""
-    scale = size / min(width, height)
-    return max(size, round(width * scale)), max(size, round(height * scale))
-
-
-def center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) -> (size, size, 3), centred."""
-    h, w = img.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return img[top:top + size, left:left + size]
-
-
-def _video_frame(frame: av.VideoFrame, size: int) -> np.ndarray:
-    # swscale (through PyAV) resizes while converting to RGB: one pass, area-averaged.
-    w, h = resize_crop_size(frame.width, frame.height, size)
-    return center_crop(frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA"), size)
+def video_frame(frame: av.VideoFrame, size: int) -> np.ndarray:
+    """A decoded frame -> (size, size, 3) uint8: converted to RGB at its own size, then `preprocess_frame`."""
+    return preprocess_frame(frame.to_ndarray(format="rgb24"), size)
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
+    """An image file -> (size, size, 3) uint8 through `preprocess_frame`."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = resize_crop_size(*img.size, size)
-        return center_crop(np.asarray(img.resize((w, h), Image.Resampling.BICUBIC)), size)
+        return preprocess_frame(np.asarray(img.convert("RGB")), size)
 
 
 def video_clips(path: Path, size: int, clip_frames: int, stride: int) -> Iterator[np.ndarray]:
@@ -100,7 +88,7 @@ def video_clips(path: Path, size: int, clip_frames: int, stride: int) -> Iterato
         for n, frame in enumerate(container.decode(stream), start=1):
             last = frame
             if (n - 1) % stride == 0:
-                kept.append(_video_frame(frame, size))
+                kept.append(video_frame(frame, size))
                 if len(kept) == clip_frames:
                     n_clips += 1
                     yield np.stack(kept)
@@ -109,7 +97,7 @@ def video_clips(path: Path, size: int, clip_frames: int, stride: int) -> Iterato
             raise ValueError(f"{path}: expected decodable frames, found none")
         if n_clips == 0:  # shorter than one clip: pad with the last frame, as clip_indices does
             # kept[j] is frame j*stride; clip_indices clamps the indices past the end to the last frame.
-            tail = _video_frame(last, size)
+            tail = video_frame(last, size)
             yield np.stack(kept + [tail] * (clip_frames - len(kept)))
 
 
@@ -302,12 +290,7 @@ class ZarrSource(Source):
         episode, key = item.split("/", 1)
         frames = self.store.episode(int(episode), keys=[key])[key]  # (T, H, W, 3) uint8
         for idx in clip_indices(len(frames), self.clip_frames, self.stride):
-            yield np.stack([_resize_array(frames[i], self.size) for i in idx])
-
-
-def _resize_array(img: np.ndarray, size: int) -> np.ndarray:
-    w, h = resize_crop_size(img.shape[1], img.shape[0], size)
-    return center_crop(np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BICUBIC)), size)
+            yield preprocess_frames(frames[idx], self.size)
 
 
 def generate_videos(root: Path, n_videos: int, frames: int, size: int, seed: int = 0) -> Path:

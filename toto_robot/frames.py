@@ -1,11 +1,77 @@
-"""Checking and converting frame batches: the one place that says what a frame tensor must look like."""
+"""Frames: the one function that turns a camera or video frame into the encoder's square image
+(`preprocess_frame`, `preprocess_frames`), and the one place that says what a frame tensor must look like
+(`as_frames`, `to_uint8`).
+
+Every path that brings pixels to the encoder calls `preprocess_frame`: the pretraining sources (videos,
+images, trajectory stores; pretrain/data.py) and the real robot's observations (envs/robot.py). The
+simulated cameras render at the policy's size and the stores keep frames at that size, so BC training, the
+feature cache and deployment resize nothing; the encoder checks the size (`as_frames(image_size=...)`).
+
+Preprocessing needs numpy and Pillow only: torch is imported where a tensor is made, so the robot side can
+use it without loading torch.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+
+
+def preprocess_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8: centre crop to a square, then box (area) resampling.
+
+    Crop: the largest centred square, min(H, W) on a side, taken before resampling; when |H - W| is odd the
+    extra row or column comes off the bottom or the right. Nothing is cropped from a square frame.
+
+    Resampling: Pillow's BOX filter, `Image.resize(..., Image.Resampling.BOX)`: each output pixel averages
+    the input pixels its footprint covers, weighted by the covered fraction, so any ratio (480 -> 64 is
+    7.5) is anti-aliased and nothing is sharpened or ringed. Pillow filters in two separable passes
+    (horizontal, then vertical), each rounded to uint8, so a result can differ by one level from the exact
+    average. A frame smaller than `size` is enlarged by pixel replication (a box filter enlarging is
+    nearest-neighbour); no shipped camera does that. A square frame of `size` comes back unchanged. The result
+    is always a new, writable array.
+    """
+    # Why box: area averaging is what the video path (swscale AREA) and the robot path (cv2 INTER_AREA) already
+    # meant before they were merged here; the image path's bicubic sharpened where they averaged. Why Pillow:
+    # pretraining already needs it to read image files, and `cv2` arrives only through other packages, as two
+    # wheels that both install that module (opencv-python from robosuite, opencv-python-headless from lerobot).
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        got = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+        raise ValueError(f"frame: expected an (H, W, 3) uint8 array, got {got}")
+    _check_size(size)
+    h, w = frame.shape[:2]
+    s = min(h, w)
+    if s == 0:
+        raise ValueError(f"frame: expected a non-empty image, got shape {frame.shape}")
+    top, left = (h - s) // 2, (w - s) // 2
+    if s == size:
+        return frame[top:top + s, left:left + s].copy()
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    # np.array (not asarray): an array of its own, writable, as the copy above.
+    return np.array(image.resize((size, size), Image.Resampling.BOX, box=(left, top, left + s, top + s)))
+
+
+def preprocess_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., size, size, 3) uint8: `preprocess_frame` on each frame."""
+    _check_size(size)
+    frames = np.asarray(frames)
+    if frames.ndim < 3:
+        raise ValueError(f"frames: expected (..., H, W, 3) uint8, got shape {frames.shape}")
+    flat = frames.reshape(-1, *frames.shape[-3:])  # (N, H, W, 3)
+    out = np.empty((len(flat), size, size, 3), np.uint8)  # (N, size, size, 3)
+    for i, frame in enumerate(flat):
+        out[i] = preprocess_frame(frame, size)
+    return out.reshape(*frames.shape[:-3], size, size, 3)
+
+
+def _check_size(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"size: expected a positive integer, got {size!r}")
 
 
 def as_frames(
@@ -21,6 +87,8 @@ def as_frames(
     Raises ValueError (TypeError for something that is not an array) naming what was expected and what
     was given.
     """
+    import torch
+
     if isinstance(frames, np.ndarray):
         if frames.dtype.kind not in "uf":
             raise ValueError(f"frames: expected dtype uint8 or float, got numpy {frames.dtype}")
@@ -47,7 +115,7 @@ def as_frames(
         raise ValueError(f"frames: expected at least one clip of one frame, got shape {tuple(frames.shape)}")
     if frames.dtype == torch.uint8:
         x = frames.float() / 127.5 - 1.0
-    elif frames.dtype in _FLOAT_DTYPES:
+    elif frames.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         x = frames.float() * 2.0 - 1.0
     else:
         raise ValueError(f"frames: expected dtype uint8 (0-255) or float (0-1), got {frames.dtype}")
@@ -56,5 +124,7 @@ def as_frames(
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) floats in [-1, 1] -> (..., H, W, 3) uint8."""
+    import torch
+
     x = ((x.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return x.movedim(-3, -1)
