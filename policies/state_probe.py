@@ -14,7 +14,6 @@ alone (the tokenizer's codes, no transformer block).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from policies.readouts import Readout
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.sampler import split_episodes
+from toto_robot.schedules import warmup_cosine
 from toto_robot.store import TrajectoryStore
 
 PROBE_READOUTS = ("mean", "flat", "attentive", "attentive_pos", "spatial_softmax")
@@ -106,7 +106,7 @@ def trained_predict(kind: str, f_train: torch.Tensor, y_train: np.ndarray, f_val
     mean, std = y_train.mean(0), y_train.std(0) + 1e-6
     yt = torch.as_tensor((y_train - mean) / std, dtype=torch.float32)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.train_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 0, cfg.train_steps))
     gen = torch.Generator().manual_seed(cfg.seed)
     for _ in range(cfg.train_steps):
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)

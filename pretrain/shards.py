@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import zarr
 from tqdm.auto import tqdm
 
 from pretrain.data import SkipLog, Source, SourceError, item_clips
+from toto_robot.atomic import atomic_write_text
 from toto_robot.checkpoint import load_tokenizer, save_tokenizer  # noqa: F401  (re-exported for their callers)
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
@@ -37,14 +37,6 @@ CHUNK_CLIPS = 64
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Path, *, tokenizer_path: str,
@@ -101,14 +93,14 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
                 ids.append(np.concatenate(encoded).astype(dtype), axis=0)
                 state["n_clips"] += sum(len(e) for e in encoded)
             state["done"] += 1
-            _write_json_atomic(progress_path, committed)
+            atomic_write_text(progress_path, json.dumps(committed, indent=1) + "\n")
             bar.update(1)
         bar.close()
         if state["n_clips"] == 0:
             raise SourceError(f"source {src.name!r}: expected at least one readable clip, found none "
                               f"({len(state['skipped'])} of {len(items)} items unreadable)")
         state["complete"] = True
-        _write_json_atomic(progress_path, committed)
+        atomic_write_text(progress_path, json.dumps(committed, indent=1) + "\n")
         summary[src.name] = {"kind": src.kind, "clips": state["n_clips"], "tokens": state["n_clips"] * int(np.prod(shape)),
                              "skipped": len(state["skipped"]), "items": len(items)}
         if state["skipped"]:

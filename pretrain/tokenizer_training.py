@@ -16,8 +16,10 @@ from tqdm.auto import tqdm
 
 from pretrain.data import Mixture, Source
 from pretrain.shards import save_tokenizer
+from toto_robot.image_metrics import psnr_uint8
+from toto_robot.metrics_log import MetricsLog
 from toto_robot.report import save_reconstructions
-from toto_robot.tokenizer import Tokenizer, TokenizerConfig, codebook_usage, psnr_uint8
+from toto_robot.tokenizer import Tokenizer, TokenizerConfig, codebook_usage
 
 
 class FrameBuffer:
@@ -59,12 +61,9 @@ def train_tokenizer(sources: list[Source], tok_cfg: TokenizerConfig, out: str | 
     tok = Tokenizer(tok_cfg)
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(out / "tb"))
     tok.train()
     rows = []
-    with open(out / "metrics.jsonl", "w") as log_file:
+    with MetricsLog(out, prefix="tokenizer/") as log:
         for step in (bar := tqdm(range(steps), desc="tokenizer", disable=not progress)):
             for _ in range(clips_per_step):
                 buffer.add(next(mixture)[1])
@@ -76,14 +75,11 @@ def train_tokenizer(sources: list[Source], tok_cfg: TokenizerConfig, out: str | 
             sched.step()
             row = {"step": step + 1, **metrics}
             rows.append(row)
-            log_file.write(json.dumps(row) + "\n")
-            for k, v in metrics.items():
-                writer.add_scalar(f"tokenizer/{k}", v, step + 1)
+            log.log(row)
             bar.set_postfix(psnr=f"{metrics['psnr']:.1f}", usage=f"{metrics['codebook_usage']:.2f}")
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 tqdm.write(f"step {step + 1:>6} | loss {metrics['loss']:.4f} | PSNR {metrics['psnr']:.2f} dB | "
                            f"codebook usage {metrics['codebook_usage']:.3f}")
-    writer.close()
     tok.eval()
     check = buffer.sample(min(64, buffer.size))[:, None]
     ids = tok.encode(check)

@@ -39,13 +39,14 @@ from toto_robot.checkpoint import (
     save_train_state,
 )
 from toto_robot.config import model_config
+from toto_robot.metrics_log import MetricsLog
 from toto_robot.model import ModelConfig, Transformer, clip_to_sequence
 from toto_robot.parallel import STRATEGIES, autocast, init_distributed, parallelize
+from toto_robot.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint"
-METRICS = "metrics.jsonl"
 
 
 @dataclass
@@ -91,14 +92,6 @@ class TrainConfig:
                              f"{self.warmup_steps} / {self.grad_clip} / {self.weight_decay}")
         if any(not w > 0 for w in self.weights.values()):
             raise ValueError(f"TrainConfig.weights: expected positive weights, got {self.weights}")
-
-
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr: linear warmup over `warmup` steps, then cosine down to `min_ratio`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -222,7 +215,7 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     model_p = parallelize(model, cfg.strategy, compile=cfg.compile)
     opt = build_optimizer(model_p, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_lambda(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+        opt, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
 
     start = 0
     ckpt = out / CHECKPOINT
@@ -230,27 +223,10 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
         start = _restore(load_train_state(ckpt), model_p, opt, sched, rank, world)
         if rank == 0:
             print(f"resuming from {ckpt} at step {start}")
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(out / METRICS, start)
+    metrics = MetricsLog(out, start_step=start, tensorboard=cfg.tensorboard) if rank == 0 else None
 
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else measure_peak_flops(device)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * world * (mcfg.max_seq_len - 1)
-    writer = None
-    if rank == 0 and cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"))
-
-    def log_row(row: dict):
-        if rank != 0:
-            return
-        with open(out / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if writer is not None:
-            for k, v in row.items():
-                if k != "step" and v is not None:
-                    writer.add_scalar(k, v, row["step"])
 
     def evaluate() -> dict:
         model_p.eval()
@@ -319,7 +295,8 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
             row.update(evaluate())
             if rank == 0:
                 tqdm.write(f"step {done:>6} | held-out loss {row['held_out_loss']:.4f}")
-        log_row(row)
+        if metrics is not None:
+            metrics.log(row)
         last.update(row)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             save(done)
@@ -330,8 +307,8 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     bar.close()
     if start >= cfg.steps:  # nothing left to train: report the checkpoint's held-out loss
         last.update(evaluate())
-    if writer is not None:
-        writer.close()
+    if metrics is not None:
+        metrics.close()
     results = {"steps": cfg.steps, "final_loss": last.get("loss"), "held_out_loss": last.get("held_out_loss"),
                "tokens_per_s": last.get("tokens_per_s"), "mfu": last.get("mfu"), "params": model.num_params(),
                "train_flops_per_token": flops["train"], "tokens_seen": tokens_per_step * cfg.steps,
@@ -340,14 +317,6 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     if rank == 0:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
-
-
-def _truncate_metrics(path: Path, step: int):
-    """Keep the rows up to the resumed step, so the log reads as one run."""
-    if not path.is_file():
-        return
-    rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
-    path.write_text("".join(r + "\n" for r in rows))
 
 
 def _restore(state: TrainState, model_p, opt, sched, rank: int, world: int) -> int:

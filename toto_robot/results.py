@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from toto_robot.atomic import atomic_write_text
+
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
     """The commit of the working tree (with '-dirty' when it has uncommitted changes), or None outside git."""
@@ -48,7 +50,4 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
     """Write `record` plus the run context as indented JSON, atomically (a kill never leaves half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**record, **run_context()}, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps({**record, **run_context()}, indent=2, default=str) + "\n")

@@ -4,8 +4,9 @@ its results; re-running with the same settings reuses it, other settings redo it
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from toto_robot.atomic import atomic_write_text
 
 STAGE_FILE = "stage.json"
 
@@ -21,8 +22,6 @@ def finished(stage_dir: Path, settings: dict) -> dict | None:
 
 def mark_finished(stage_dir: Path, settings: dict, results: dict) -> dict:
     """Record completion last, atomically, so an interrupted stage is redone rather than trusted."""
-    stage_dir = Path(stage_dir)
-    tmp = stage_dir / f".{STAGE_FILE}.tmp"
-    tmp.write_text(json.dumps({"settings": settings, "results": results}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, stage_dir / STAGE_FILE)
+    atomic_write_text(Path(stage_dir) / STAGE_FILE,
+                      json.dumps({"settings": settings, "results": results}, indent=2, sort_keys=True) + "\n")
     return results

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -324,12 +323,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB for images in [-1, 1] (peak-to-peak 2)."""
     mse = F.mse_loss(pred.float().clamp(-1, 1), target.float()).item()
     return 10 * math.log10(4.0 / max(mse, 1e-10))
-
-
-def psnr_uint8(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = np.mean((a - b) ** 2)
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
 def codebook_usage(ids: torch.Tensor, vocab_size: int) -> float:

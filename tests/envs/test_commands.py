@@ -1,30 +1,23 @@
 """toto-collect and toto-eval end to end, as a user runs them."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from tests.commands import run_command
 from toto_robot.store import TrajectoryStore
-
-
-def run(command: str, *overrides: str, cwd) -> subprocess.CompletedProcess:
-    code = f"import sys; from toto_robot.commands.{command} import main; sys.argv[1:] = {list(overrides)!r}; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 @pytest.mark.render
 def test_collect_then_eval(tmp_path):
-    out = run("collect", "n_episodes=1", "env.cameras=[agentview]", "env.image_size=32", "progress=false",
-              "output=demo.zarr", cwd=tmp_path)
+    out = run_command("collect", "n_episodes=1", "env.cameras=[agentview]", "env.image_size=32",
+                      "progress=false", "output=demo.zarr", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "wrote 1 episodes" in out.stdout and "demo.zarr" in out.stdout
     assert TrajectoryStore.open(tmp_path / "demo.zarr").episode_meta(0)["success"] is True
 
-    out = run("evaluate", "n_episodes=2", "env.cameras=[]", "n_videos=0", "progress=false", cwd=tmp_path)
+    out = run_command("evaluate", "n_episodes=2", "env.cameras=[]", "n_videos=0", "progress=false",
+                      cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "outputs/eval/Lift-expert/eval.json").read_text())
     assert metrics["success_rate"] == 1.0 and metrics["policy"] == "expert"
@@ -42,7 +35,7 @@ def test_collect_then_eval(tmp_path):
     ],
 )
 def test_bad_input_exits_with_a_clear_message(tmp_path, command, override, message):
-    out = run(command, override, cwd=tmp_path)
+    out = run_command(command, override, cwd=tmp_path)
     assert out.returncode != 0
     assert message in out.stderr
     assert "Traceback" not in out.stderr

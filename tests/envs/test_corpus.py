@@ -1,7 +1,5 @@
 """toto-corpus: the store pretraining reads, held-out tasks, the behaviour mix, seeds, errors, the command."""
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +19,7 @@ from envs.randomization import RandomizationConfig
 from envs.robosuite_env import RobosuiteEnv
 from envs.runner import EVAL_SEED_START, rollout
 from pretrain.data import Mixture, ZarrSource, build_sources, write_video
+from tests.commands import run_command
 from toto_robot.config import CONFIG_DIR
 from toto_robot.store import TrajectoryStore
 
@@ -147,17 +146,11 @@ def test_resumed_corpus_seeds_never_reach_the_evaluation_seeds(tmp_path):
         build_corpus(tmp_path / "c.zarr", replace(config, episodes_per_task=3), progress=False)
 
 
-def run_command(*overrides: str, cwd) -> subprocess.CompletedProcess:
-    code = f"import sys; from toto_robot.commands.corpus import main; sys.argv[1:] = {list(overrides)!r}; main()"
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          check=False)
-
-
 @pytest.mark.render
 def test_command_end_to_end(tmp_path):
-    out = run_command("tasks=[Lift,Door]", "holdout_tasks=[Door]", "episodes_per_task=1", "horizon=5",
-                      "image_size=32", "cameras=[agentview]", "randomization.texture.enabled=false",
-                      "progress=false", "output=c.zarr", cwd=tmp_path)
+    out = run_command("corpus", "tasks=[Lift,Door]", "holdout_tasks=[Door]", "episodes_per_task=1",
+                      "horizon=5", "image_size=32", "cameras=[agentview]",
+                      "randomization.texture.enabled=false", "progress=false", "output=c.zarr", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "wrote 1 episodes" in out.stdout and "c.zarr" in out.stdout and "held out: Door" in out.stdout
     store = TrajectoryStore.open(tmp_path / "c.zarr")
@@ -172,7 +165,7 @@ def test_command_end_to_end(tmp_path):
     ],
 )
 def test_command_bad_input_exits_1_with_one_line(tmp_path, override, message):
-    out = run_command(override, "output=c.zarr", cwd=tmp_path)
+    out = run_command("corpus", override, "output=c.zarr", cwd=tmp_path)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]  # after robosuite's import-time warnings
     assert last.startswith("toto-corpus: error: ") and message in last

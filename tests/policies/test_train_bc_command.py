@@ -1,17 +1,12 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def _run(*overrides):
-    cmd = [sys.executable, "-c", "from toto_robot.commands.train_bc import main; main()", *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+from tests.commands import run_command
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
-    res = _run(f"store={tmp_path / 'none.zarr'}")
+    res = run_command("train_bc", f"store={tmp_path / 'none.zarr'}")
     assert res.returncode == 1
     assert "expected a trajectory store" in res.stderr and "Traceback" not in res.stderr
 
@@ -20,7 +15,7 @@ def test_store_without_env_is_a_clear_error(tmp_path):
     from tests.policies.test_bc import make_store
 
     path = make_store(tmp_path / "s.zarr", n_episodes=1, steps=3)
-    res = _run(f"store={path}")
+    res = run_command("train_bc", f"store={path}")
     assert res.returncode == 1
     assert "no 'env' attribute" in res.stderr
 
@@ -31,10 +26,9 @@ def test_toto_eval_runs_a_trained_checkpoint(tmp_path):
     from tests.policies.test_bc import CAMS
 
     build_policy({"backbone": "cnn", "chunk": 4, "n_action_steps": 2, "hidden": 32}, None, CAMS, 64).save(tmp_path / "p")
-    code = ("import sys; from toto_robot.commands.evaluate import main; sys.argv[1:] = sys.argv[2:]; main()")
-    res = subprocess.run([sys.executable, "-c", code, "-", "policy=checkpoint", f"policy.path={tmp_path / 'p'}",
-                          "env.image_size=64", "env.horizon=5", "n_episodes=1", "n_videos=0", "progress=false",
-                          f"output_dir={tmp_path / 'eval'}"], capture_output=True, text=True, timeout=300, check=False)
+    res = run_command("evaluate", "policy=checkpoint", f"policy.path={tmp_path / 'p'}", "env.image_size=64",
+                      "env.horizon=5", "n_episodes=1", "n_videos=0", "progress=false",
+                      f"output_dir={tmp_path / 'eval'}")
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert metrics["policy"] == "checkpoint" and metrics["episodes"][0]["length"] == 5

@@ -1,4 +1,3 @@
-import itertools
 import json
 import math
 
@@ -7,7 +6,7 @@ import pytest
 import torch
 
 from pretrain.shards import TokenShards
-from pretrain.trainer import Batches, TrainConfig, build_optimizer, lr_lambda, pretrain
+from pretrain.trainer import Batches, TrainConfig, build_optimizer, pretrain
 from tests.pretrain.helpers import SIZE, make_shards
 from toto_robot.encoder import load_toto
 from toto_robot.model import Transformer, model_preset
@@ -25,13 +24,6 @@ def _cfg(**kw) -> TrainConfig:
     base = {"steps": 40, "batch_size": 4, "lr": 3e-3, "warmup_steps": 4, "eval_every": 20, "ckpt_every": 20,
             "log_every": 20, "peak_tflops": 1.0, "progress": False, "tensorboard": False, "held_out": 0.25}
     return TrainConfig(**{**base, **kw})
-
-
-def test_schedule_warms_up_then_decays_to_the_floor():
-    lrs = [lr_lambda(s, 10, 100, 0.1) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))  # after warmup
-    assert lr_lambda(100, 10, 100, 0.1) == pytest.approx(0.1) and lrs[55] == pytest.approx(0.55)
 
 
 def test_weight_decay_on_matrices_only_and_beta2():

@@ -1,9 +1,10 @@
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.commands import run_command
 
 SMALLEST = ["collect.n_episodes=2", "collect.n_workers=1", "collect.horizon=60", "tokenizer_train.steps=3",
             "tokenizer_train.batch_size=2", "pretrain.steps=3", "pretrain.batch_size=2", "pretrain.clip_frames=4",
@@ -12,9 +13,7 @@ SMALLEST = ["collect.n_episodes=2", "collect.n_workers=1", "collect.horizon=60",
 
 
 def _demo(out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", "from toto_robot.commands.demo import main; main()", f"out_dir={out}",
-           *SMALLEST, *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    return run_command("demo", f"out_dir={out}", *SMALLEST, *overrides, timeout=900)
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@
 The double returns observations instantly and records what it is sent, so the loop's own behaviour is what is
 measured; tests/envs/test_sim_robot.py runs the loop against the simulated robot and injected faults."""
 
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -14,6 +12,7 @@ import torch
 import zarr
 
 from policies.reference import ReferencePolicy, ReferencePolicyConfig
+from tests.commands import run_command
 from tests.toto_robot.helpers import moving_squares, tiny_models
 from toto_robot.deploy import (
     COMPLETED,
@@ -349,16 +348,11 @@ def test_reference_policy_rejects_missing_keys():
         reference_policy().predict_action_chunk({"state": np.zeros(9, np.float32)})
 
 
-def run_command(*overrides: str, cwd) -> subprocess.CompletedProcess:
-    code = f"import sys; from toto_robot.commands.deploy import main; sys.argv[1:] = {list(overrides)!r}; main()"
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          check=False)
-
-
 @pytest.mark.render
 def test_toto_deploy_dry_run_with_faults(tmp_path):
     """The default dry run (simulated arm, reference policy), shortened, with a camera stall and a disconnect."""
-    out = run_command("loop.n_steps=40", "+faults.camera_stall=[[4,10]]", "+faults.disconnect_at=20", cwd=tmp_path)
+    out = run_command("deploy", "loop.n_steps=40", "+faults.camera_stall=[[4,10]]",
+                      "+faults.disconnect_at=20", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "wrote 1 episodes" in out.stdout and "outputs/deploy/sim.zarr" in out.stdout
     assert "disconnected (robot disconnected" in out.stdout
@@ -368,7 +362,7 @@ def test_toto_deploy_dry_run_with_faults(tmp_path):
 
 
 def test_toto_deploy_bad_input_exits_with_a_clear_message(tmp_path):
-    out = run_command("robot.lerobot.type=ur5", cwd=tmp_path)
+    out = run_command("deploy", "robot.lerobot.type=ur5", cwd=tmp_path)
     assert out.returncode == 1
     assert "robot type: expected one of [" in out.stderr and "got 'ur5'" in out.stderr
     assert "Traceback" not in out.stderr

@@ -3,12 +3,12 @@ import pytest
 import torch
 
 from tests.toto_robot.helpers import moving_squares
+from toto_robot.image_metrics import psnr_uint8
 from toto_robot.tokenizer import (
     EMAVectorQuantizer,
     FSQuantizer,
     Tokenizer,
     TokenizerConfig,
-    psnr_uint8,
     tokenizer_preset,
 )
 

@@ -10,17 +10,14 @@ same output resumes: episodes are appended until the store holds n_episodes.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from envs import make_policy
 from envs.collect import collect
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 from toto_robot.store import TrajectoryStore
 
 
@@ -53,20 +50,7 @@ def run(cfg: DictConfig) -> TrajectoryStore:
     return store
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="collect")
-def _main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except InstantiationException as exc:  # a bad env setting: show the validation message, not hydra's wrapper
-        print(f"toto-collect: error: {exc.__cause__ or exc}", file=sys.stderr)
-        sys.exit(1)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"toto-collect: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-
-
-def main() -> None:
-    _main()
+main = entry_point("collect", "collect", run)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,10 @@ with the same output resumes: episodes are appended until every task has episode
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from envs.corpus import CorpusConfig, CorpusRun, build_corpus
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 
 
 def run(cfg: DictConfig) -> CorpusRun:
@@ -32,17 +29,7 @@ def run(cfg: DictConfig) -> CorpusRun:
     return result
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="corpus")
-def _main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"toto-corpus: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-
-
-def main() -> None:
-    _main()
+main = entry_point("corpus", "corpus", run)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -28,14 +27,16 @@ from pretrain.data import ZarrSource
 from pretrain.loops import train_lm, train_tokenizer
 from toto_robot.checkpoint import load_state_dict, save_tokenizer
 from toto_robot.commands.bc_protocol import bc_record, train_and_test
+from toto_robot.commands.entry import entry_point
 from toto_robot.config import CONFIG_DIR, model_config, tokenizer_config
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
+from toto_robot.image_metrics import psnr_uint8
 from toto_robot.model import Transformer, clip_to_sequence
 from toto_robot.report import markdown_table, save_curves, save_reconstructions
 from toto_robot.results import write_record
 from toto_robot.stages import finished, mark_finished
 from toto_robot.store import TrajectoryStore
-from toto_robot.tokenizer import Tokenizer, psnr_uint8
+from toto_robot.tokenizer import Tokenizer
 
 
 def _stage(out: Path, name: str, settings: dict, run) -> dict:
@@ -198,12 +199,14 @@ def write_summary(out: Path, cfg: DictConfig, col: dict, tok: dict, lm: dict, en
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="demo", version_base=None)
-def _main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     t0 = time.time()
     out = run_demo(cfg)
     print(f"toto-demo finished in {time.time() - t0:.0f} s; report: {out.resolve() / 'summary.md'}")
 
 
-def main() -> None:
-    _main()
+main = entry_point("demo", "demo", run)
+
+
+if __name__ == "__main__":
+    main()

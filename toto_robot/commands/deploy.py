@@ -16,16 +16,14 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from envs.robot import LeRobotAdapter, RobotMapping, make_lerobot_robot
 from envs.sim_robot import FaultConfig, FaultyRobot
 from policies.reference import ReferencePolicy, ReferencePolicyConfig
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 from toto_robot.deploy import DISCONNECTED, INTERRUPTED, describe, log_episode, open_log, run_episode
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.model import Transformer, model_preset
@@ -97,24 +95,15 @@ def run(cfg: DictConfig) -> Path:
     return store.path
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="deploy")
-def _main(cfg: DictConfig) -> None:
+def run_logged(cfg: DictConfig) -> Path:
+    """`run` with warnings (safety clamps, dropped frames) on stderr as `LEVEL logger: message`."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(cfg)
-    except InstantiationException as exc:  # a bad loop or safety setting: show the validation message
-        print(f"toto-deploy: error: {exc.__cause__ or exc}", file=sys.stderr)
-        sys.exit(1)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"toto-deploy: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:  # outside an episode (connecting, writing): the robot is disconnected on the way out
-        print("toto-deploy: interrupted", file=sys.stderr)
-        sys.exit(130)
+    return run(cfg)
 
 
-def main() -> None:
-    _main()
+# KeyError: a mapping naming an observation or action key the robot does not have. Ctrl-C outside an
+# episode (connecting, writing) exits 130 with the robot disconnected on the way out.
+main = entry_point("deploy", "deploy", run_logged, errors=(KeyError,))
 
 
 if __name__ == "__main__":

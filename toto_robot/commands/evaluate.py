@@ -11,17 +11,14 @@ resolved config) and videos/seed_<seed>.mp4 into output_dir. `policy` picks from
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from envs import make_policy
 from envs.runner import RolloutRunner, RunnerConfig
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 
 
 def run(cfg: DictConfig) -> dict:
@@ -57,20 +54,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="eval")
-def _main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except InstantiationException as exc:  # a bad env setting: show the validation message, not hydra's wrapper
-        print(f"toto-eval: error: {exc.__cause__ or exc}", file=sys.stderr)
-        sys.exit(1)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"toto-eval: error: {exc}", file=sys.stderr)
-        sys.exit(1)
-
-
-def main() -> None:
-    _main()
+main = entry_point("eval", "eval", run)
 
 
 if __name__ == "__main__":

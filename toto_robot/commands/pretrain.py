@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.trainer import TrainConfig, pretrain
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
@@ -19,8 +18,7 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     return TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True), weights=weights)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/pretrain", version_base=None)
-def _main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     t0 = time.time()
     res = pretrain(cfg.shards, OmegaConf.to_container(cfg.model, resolve=True), train_config(cfg), cfg.out_dir)
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -32,8 +30,7 @@ def _main(cfg: DictConfig) -> None:
         dist.destroy_process_group()
 
 
-def main() -> None:
-    _main()
+main = entry_point("pretrain", "pretrain/pretrain", run)
 
 
 if __name__ == "__main__":

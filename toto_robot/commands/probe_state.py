@@ -12,14 +12,12 @@ console, a plot (r2_by_layer.png) and r2.json in out_dir, and with `results=PATH
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from policies.state_probe import TARGETS, ProbeConfig, run_probe
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 from toto_robot.encoder import TotoEncoder, load_toto
 from toto_robot.model import Transformer
 from toto_robot.report import markdown_table, save_lines
@@ -53,14 +51,8 @@ def run(cfg: DictConfig) -> dict:
     return record
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="probe_state", version_base=None)
-def _main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"toto-probe-state: error: {e}", file=sys.stderr)
-        sys.exit(1)
+main = entry_point("probe-state", "probe_state", run)
 
 
-def main() -> None:
-    _main()
+if __name__ == "__main__":
+    main()

@@ -5,16 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.scaling import GPT3_EXPONENT, PAPER_EXPONENT, run_sweep
+from toto_robot.commands.entry import entry_point
 from toto_robot.commands.pretrain import train_config
-from toto_robot.config import CONFIG_DIR
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/scaling", version_base=None)
-def _main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     t0 = time.time()
     fit = run_sweep(cfg.shards, OmegaConf.to_container(cfg.sizes, resolve=True), list(cfg.token_budgets),
                     train_config(cfg), cfg.out_dir)
@@ -27,8 +25,7 @@ def _main(cfg: DictConfig) -> None:
     print(f"toto-scaling finished in {time.time() - t0:.0f} s; fit: {out / 'fit.json'}, plot: {out / 'scaling.png'}")
 
 
-def main() -> None:
-    _main()
+main = entry_point("scaling", "pretrain/scaling", run)
 
 
 if __name__ == "__main__":

@@ -5,16 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.data import build_sources
 from pretrain.shards import load_tokenizer, tokenize_sources
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/tokenize", version_base=None)
-def _main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     t0 = time.time()
     data = OmegaConf.to_container(cfg.data, resolve=True)
     sources = build_sources(data)
@@ -26,8 +24,7 @@ def _main(cfg: DictConfig) -> None:
     print(f"toto-tokenize finished in {time.time() - t0:.0f} s; shards: {Path(cfg.shards).resolve()}")
 
 
-def main() -> None:
-    _main()
+main = entry_point("tokenize", "pretrain/tokenize", run)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,15 @@ checkpoints, tb/ (TensorBoard), history.json, select/ and test/ evaluations (eva
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from envs.robosuite_env import EnvConfig
 from policies.bc import build_policy
 from policies.train import TrainConfig
 from toto_robot.commands.bc_protocol import bc_record, train_and_test
-from toto_robot.config import CONFIG_DIR
+from toto_robot.commands.entry import entry_point
 from toto_robot.results import write_record
 from toto_robot.store import TrajectoryStore
 
@@ -58,14 +56,8 @@ def run(cfg: DictConfig) -> dict:
     return res
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train_bc", version_base=None)
-def _main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except ValueError as e:
-        print(f"toto-train-bc: error: {e}", file=sys.stderr)
-        sys.exit(1)
+main = entry_point("train-bc", "train_bc", run)
 
 
-def main() -> None:
-    _main()
+if __name__ == "__main__":
+    main()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.data import build_sources
 from pretrain.tokenizer_training import train_tokenizer
-from toto_robot.config import CONFIG_DIR, tokenizer_config
+from toto_robot.commands.entry import entry_point
+from toto_robot.config import tokenizer_config
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="pretrain/train_tokenizer", version_base=None)
-def _main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     t0 = time.time()
     data = OmegaConf.to_container(cfg.data, resolve=True)
     sources = build_sources(data)
@@ -27,8 +26,7 @@ def _main(cfg: DictConfig) -> None:
     print(f"checkpoint: {res['checkpoint']}")
 
 
-def main() -> None:
-    _main()
+main = entry_point("train-tokenizer", "pretrain/train_tokenizer", run)
 
 
 if __name__ == "__main__":
