@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import av
 import numpy as np
 from tqdm import tqdm
 
 from envs.robosuite_env import ACTION_DIM, OBJECT_KEYS, EnvConfig, RobosuiteEnv
+from toto_robot.video import write_mp4
 
 # Seeds at or above EVAL_SEED_START are kept for evaluation; demonstrations are collected below it.
 # Evaluation seeds come in two disjoint ranges: reported success rates use the test seeds (100000, 100001, ...),
@@ -105,19 +105,6 @@ def rollout(
         steps={k: np.stack(v) for k, v in steps.items()} if record else None,
         video=str(video_path) if video_path is not None else None,
     )
-
-
-def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int) -> None:
-    """H.264 mp4 from uint8 (H, W, 3) frames (H and W even)."""
-    # PyAV is the encoder lerobot already depends on; imageio would add a package for the same few lines.
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
 
 
 # -- worker processes -----------------------------------------------------------------------------------------

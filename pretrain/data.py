@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from toto_robot.frames import preprocess_frame, preprocess_frames
+from toto_robot.video import write_mp4
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +109,7 @@ def frame_folder_clips(paths: list[Path], size: int, clip_frames: int, stride: i
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 30, codec: str = "libx264") -> Path:
     """(T, H, W, 3) uint8 -> an H.264 mp4 (near-lossless, crf 10) through PyAV."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps, options={"crf": "10"} if codec == "libx264" else {})
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for img in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
-        container.mux(stream.encode())
-    return path
+    return write_mp4(path, frames, fps, crf=10, codec=codec)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Key names map one to one: ``action`` stays ``action``, image keys become
 ``observation.images.<key>`` and other keys ``observation.<key>``; importing strips those prefixes
 (and turns any remaining ``.`` into ``_``). Low-dimensional values survive a round trip exactly.
-Images are written as mp4 video by default (lossy: :func:`psnr` measures the loss) or, with
+Images are written as mp4 video by default (lossy: :func:`toto_robot.image_metrics.psnr_uint8` measures the loss) or, with
 ``use_videos=False``, as PNG images inside the parquet files (lossless).
 
 The store's per-episode metadata (seed, success, source, extras) and store attributes have no
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from toto_robot.image_metrics import psnr_uint8
 from toto_robot.store import TrajectoryStore
 
 # Frame fields LeRobot adds to every dataset; they are bookkeeping, not data.
@@ -45,14 +46,6 @@ def store_key_name(feature: str) -> str:
             feature = feature[len(prefix) :]
             break
     return feature.replace(".", "_")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB between two uint8 image arrays (inf when identical)."""
-    if a.shape != b.shape:
-        raise ValueError(f"psnr needs arrays of one shape, got {a.shape} and {b.shape}")
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def _load_lerobot():
@@ -247,6 +240,6 @@ def compare_stores(a: TrajectoryStore, b: TrajectoryStore) -> dict[str, dict[str
         x, y = a.array(key)[: a.n_steps], b.array(key)[: b.n_steps]
         entry = {"max_abs_diff": float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))}
         if key in a.image_keys:
-            entry["psnr_db"] = psnr(x, y)
+            entry["psnr_db"] = psnr_uint8(x, y)
         report[key] = entry
     return report

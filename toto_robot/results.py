@@ -46,8 +46,12 @@ def run_context() -> dict[str, Any]:
     }
 
 
-def write_record(path: str | Path, record: dict[str, Any]) -> Path:
-    """Write `record` plus the run context as indented JSON, atomically (a kill never leaves half a file)."""
+def write_record(path: str | Path, record: dict[str, Any], context: dict[str, Any] | None = None) -> Path:
+    """Write `record` plus the run context as indented JSON, atomically (a kill never leaves half a file).
+    Pass the `run_context()` taken when the run started, so the commit is the code that ran; the load average
+    of the run's end is kept beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, json.dumps({**record, **run_context()}, indent=2, default=str) + "\n")
+    context = context or run_context()
+    context = {**context, "load_average_1min_at_end": os.getloadavg()[0]}
+    return atomic_write_text(path, json.dumps({**record, **context}, indent=2, default=str) + "\n")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from toto_robot.commands.convert import main as convert_main
-from toto_robot.lerobot_io import SIDECAR, compare_stores, export_lerobot, import_lerobot, psnr
+from toto_robot.lerobot_io import SIDECAR, compare_stores, export_lerobot, import_lerobot
 from toto_robot.store import TrajectoryStore
 
 SIZE = 32
@@ -90,16 +90,6 @@ def test_png_round_trip_is_exact_and_foreign_datasets_import(source, tmp_path):
         "length": LENGTHS[1],
     }
     np.testing.assert_array_equal(foreign.episode(1)["action"], source.episode(1)["action"])
-
-
-def test_psnr():
-    a = np.zeros((2, 4, 4, 3), np.uint8)
-    b = a.copy()
-    assert psnr(a, b) == float("inf")
-    b[0, 0, 0, 0] = 255  # mse = 255^2 / 96
-    assert psnr(a, b) == pytest.approx(10 * np.log10(96))
-    with pytest.raises(ValueError, match="one shape"):
-        psnr(a, b[:1])
 
 
 def test_command_line_errors(source, tmp_path, capsys):

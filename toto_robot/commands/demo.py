@@ -33,7 +33,7 @@ from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
 from toto_robot.image_metrics import psnr_uint8
 from toto_robot.model import Transformer, clip_to_sequence
 from toto_robot.report import markdown_table, save_curves, save_reconstructions
-from toto_robot.results import write_record
+from toto_robot.results import run_context, write_record
 from toto_robot.stages import finished, mark_finished
 from toto_robot.store import TrajectoryStore
 from toto_robot.tokenizer import Tokenizer
@@ -54,6 +54,7 @@ def _stage(out: Path, name: str, settings: dict, run) -> dict:
 
 
 def run_demo(cfg: DictConfig) -> Path:
+    context = run_context()  # the commit and load as the run starts
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -127,7 +128,8 @@ def run_demo(cfg: DictConfig) -> Path:
             test = res["test"]
             if cfg.results_dir:
                 record = bc_record(policy, store_path, train, res, node["name"])
-                write_record(Path(cfg.results_dir) / f"{cfg.collect.task}-{node['name']}-seed{cfg.seed}.json", record)
+                write_record(Path(cfg.results_dir) / f"{cfg.collect.task}-{node['name']}-seed{cfg.seed}.json", record,
+                             context)
             return {"policy": node["name"], "success_rate": test["success_rate"], "success_ci95": test["success_ci95"],
                     "episodes": test["n_episodes"], "mean_length": test["mean_length"], "best_step": res["best_step"],
                     "videos": sorted(str(p) for p in (d / "test" / "videos").glob("*.mp4")),

@@ -21,10 +21,11 @@ from toto_robot.commands.entry import entry_point
 from toto_robot.encoder import TotoEncoder, load_toto
 from toto_robot.model import Transformer
 from toto_robot.report import markdown_table, save_lines
-from toto_robot.results import write_record
+from toto_robot.results import run_context, write_record
 
 
 def run(cfg: DictConfig) -> dict:
+    context = run_context()  # the commit and load as the run starts
     if not Path(cfg.store).exists():
         raise ValueError(f"store: expected a trajectory store at {cfg.store}, found nothing")
     tokenizer, model, enc_config = load_toto(cfg.encoder)
@@ -46,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
               "model": model.cfg.to_dict(), "probe": OmegaConf.to_container(cfg.probe, resolve=True),
               "targets": list(TARGETS), **res}
     if cfg.results:
-        print(f"results record: {write_record(cfg.results, record)}")
+        print(f"results record: {write_record(cfg.results, record, context)}")
     print(f"wrote {out / 'r2.json'} and {out / 'r2_by_layer.png'}")
     return record
 

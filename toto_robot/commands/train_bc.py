@@ -21,11 +21,12 @@ from policies.bc import build_policy
 from policies.train import TrainConfig
 from toto_robot.commands.bc_protocol import bc_record, train_and_test
 from toto_robot.commands.entry import entry_point
-from toto_robot.results import write_record
+from toto_robot.results import run_context, write_record
 from toto_robot.store import TrajectoryStore
 
 
 def run(cfg: DictConfig) -> dict:
+    context = run_context()  # the commit and load as the run starts
     store_path = Path(cfg.store)
     if not store_path.exists():
         raise ValueError(f"store: expected a trajectory store at {store_path}, found nothing "
@@ -52,7 +53,7 @@ def run(cfg: DictConfig) -> dict:
           f"from seed {test['episodes'][0]['seed']}; checkpoints in {out.resolve()} (best/, last/), "
           f"TensorBoard logs in {out.resolve() / 'tb'}")
     if cfg.results:
-        print(f"results record: {write_record(cfg.results, bc_record(policy, store_path, train, res, name))}")
+        print(f"results record: {write_record(cfg.results, bc_record(policy, store_path, train, res, name), context)}")
     return res
 
 
