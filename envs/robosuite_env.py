@@ -1,7 +1,7 @@
 """Gymnasium environments over robosuite: camera images + proprioception in, normalized OSC actions out.
 
 One class serves every task; `TASKS` says which robosuite environment, horizon and cameras each task has.
-Observations (flat dict, keys as in robosuite / diffusion_policy):
+Observations (flat dict, keys as in robosuite / diffusion_policy; sizes: toto_robot.shapes.ROBOSUITE_PANDA):
     <camera>_image        uint8 (H, W, 3), upright, one per configured camera
     robot0_eef_pos        float32 (3,)  end-effector position, world frame (m)
     robot0_eef_quat       float32 (4,)  end-effector orientation, quaternion (x, y, z, w)
@@ -28,12 +28,19 @@ import mujoco
 import numpy as np
 import robosuite
 
+from toto_robot.shapes import ROBOSUITE_PANDA, ShapeMeta, camera_name, image_key
+
 logging.getLogger("robosuite_logs").setLevel(logging.WARNING)  # one INFO line per env build otherwise
 
-ACTION_DIM = 7
-PROPRIO_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
-PROPRIO_DIMS = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
-PROPRIO_BOUNDS = {"robot0_eef_pos": 3.0, "robot0_eef_quat": 1.0, "robot0_gripper_qpos": 1.0}  # metres / unit / rad
+# Keys and sizes come from the shape contract (toto_robot/shapes.py); these names are its aliases.
+ACTION_DIM = ROBOSUITE_PANDA.action_dim
+PROPRIO_KEYS = ROBOSUITE_PANDA.state_keys
+PROPRIO_DIMS = dict(ROBOSUITE_PANDA.state)
+# Observation-space bounds of the state keys (metres / unit quaternion / rad): all the env adds to the contract.
+PROPRIO_BOUNDS = {"robot0_eef_pos": 3.0, "robot0_eef_quat": 1.0, "robot0_gripper_qpos": 1.0}
+if set(PROPRIO_BOUNDS) != set(PROPRIO_KEYS):
+    raise RuntimeError(f"PROPRIO_BOUNDS: expected a bound per state key of the contract {PROPRIO_KEYS}, "
+                      f"got {sorted(PROPRIO_BOUNDS)}")
 
 _CAMERAS = ("agentview", "frontview", "birdview", "sideview", "robot0_robotview", "robot0_eye_in_hand")
 
@@ -81,7 +88,7 @@ class RenderConfig:
 @dataclass
 class EnvConfig:
     task: str = "Lift"
-    cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")  # () for state-only observations
+    cameras: tuple[str, ...] = tuple(camera_name(k) for k in ROBOSUITE_PANDA.cameras)  # () for state-only
     image_size: int = 84  # square camera images, pixels
     horizon: int | None = None  # None: the task's default (TASKS[task].horizon)
     control_freq: int = 20  # Hz
@@ -108,6 +115,12 @@ class EnvConfig:
             raise ValueError(f"horizon: must be positive or None (task default), got {self.horizon}")
         if isinstance(self.render, dict):  # from a config file
             self.render = RenderConfig(**self.render)
+
+    @property
+    def shape_meta(self) -> ShapeMeta:
+        """What this env observes and takes: the contract's state and action, this config's cameras and size."""
+        return ShapeMeta(cameras=tuple(image_key(c) for c in self.cameras), image_size=self.image_size,
+                         state=ROBOSUITE_PANDA.state, action_dim=ROBOSUITE_PANDA.action_dim)
 
 
 @contextlib.contextmanager
@@ -203,10 +216,11 @@ class RobosuiteEnv(gym.Env):
     @staticmethod
     def observation_spaces(config: EnvConfig) -> dict[str, gym.spaces.Box]:
         """The observation keys and spaces of an env with this configuration, without building it."""
-        size = config.image_size
-        spaces = {f"{cam}_image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8) for cam in config.cameras}
-        for key, bound in PROPRIO_BOUNDS.items():
-            spaces[key] = gym.spaces.Box(-bound, bound, (PROPRIO_DIMS[key],), np.float32)
+        meta = config.shape_meta
+        size = meta.image_size
+        spaces = {key: gym.spaces.Box(0, 255, (size, size, 3), np.uint8) for key in meta.cameras}
+        for key, n in meta.state.items():
+            spaces[key] = gym.spaces.Box(-PROPRIO_BOUNDS[key], PROPRIO_BOUNDS[key], (n,), np.float32)
         return spaces
 
     @staticmethod
@@ -256,7 +270,7 @@ class RobosuiteEnv(gym.Env):
         return self._steps
 
     def _observation(self) -> dict[str, np.ndarray]:
-        obs = {f"{cam}_image": np.ascontiguousarray(self._raw[f"{cam}_image"][::-1]) for cam in self.config.cameras}
+        obs = {key: np.ascontiguousarray(self._raw[key][::-1]) for key in map(image_key, self.config.cameras)}
         for key in PROPRIO_KEYS:
             obs[key] = self._raw[key].astype(np.float32)
         return obs

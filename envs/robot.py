@@ -17,7 +17,8 @@ Observations: each policy image key takes one camera, brought to `image_size` if
 `toto_robot.frames.preprocess_frame` (centre crop to a square, box resampling: what pretraining's frames go
 through), each policy state key concatenates scalar features into float32. The capture time is the oldest
 "<camera>.timestamp" the robot reports (our simulated robot does), else the time the observation was
-requested. Actions: the policy's vector goes out as {name: float} in the order of `action`.
+requested. Actions: the policy's vector goes out as {name: float} in the order of `action`. What a mapping
+delivers, as a shape contract (toto_robot/shapes.py), is `RobotMapping.shape_meta`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from lerobot.utils.import_utils import register_third_party_plugins
 from envs.sim_robot import TIMESTAMP_SUFFIX, SimRobot, SimRobotConfig  # importing registers "toto_sim"
 from toto_robot.deploy import TimedObservation
 from toto_robot.frames import preprocess_frame
+from toto_robot.shapes import ShapeMeta
 
 
 def _register_lerobot_types() -> None:
@@ -97,6 +99,16 @@ class RobotMapping:
             raise ValueError(f"RobotMapping.image_size: expected a positive size or None, got {self.image_size}")
         self.cameras, self.action = dict(self.cameras), list(self.action)
         self.state = {k: list(v) for k, v in self.state.items()}
+
+    @property
+    def shape_meta(self) -> ShapeMeta:
+        """The shape contract this mapping delivers (policy keys, image size, state sizes, action size), to check
+        against a policy's: `policy_meta.check(mapping.shape_meta, "robot.mapping")`."""
+        if self.image_size is None:
+            raise ValueError("RobotMapping.image_size: a shape contract needs a fixed image size, got None "
+                             "(images as the camera delivers them)")
+        return ShapeMeta(cameras=tuple(self.cameras), image_size=self.image_size,
+                         state={k: len(names) for k, names in self.state.items()}, action_dim=len(self.action))
 
 
 class LeRobotAdapter:

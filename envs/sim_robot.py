@@ -27,15 +27,20 @@ from lerobot.robots import Robot, RobotConfig
 from lerobot.utils.errors import DeviceAlreadyConnectedError, DeviceNotConnectedError
 
 from envs.robosuite_env import RobosuiteEnv
+from toto_robot.shapes import ROBOSUITE_PANDA
 
 SIM_ROBOT_TYPE = "toto_sim"
+# LeRobot-style scalar feature names of the contract's action and state keys (toto_robot/shapes.py), in order.
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-# robosuite observation key -> LeRobot-style scalar feature names, in order.
-STATE_NAMES = {
-    "robot0_eef_pos": ("eef_pos.x", "eef_pos.y", "eef_pos.z"),
-    "robot0_eef_quat": ("eef_quat.x", "eef_quat.y", "eef_quat.z", "eef_quat.w"),
-    "robot0_gripper_qpos": ("gripper_qpos.left", "gripper_qpos.right"),
-}
+_STATE_COMPONENTS = {"robot0_eef_pos": ("x", "y", "z"), "robot0_eef_quat": ("x", "y", "z", "w"),
+                     "robot0_gripper_qpos": ("left", "right")}
+# robosuite observation key -> feature names, e.g. "robot0_eef_pos" -> ("eef_pos.x", "eef_pos.y", "eef_pos.z")
+STATE_NAMES = {key: tuple(f"{key.removeprefix('robot0_')}.{c}" for c in _STATE_COMPONENTS[key])
+               for key in ROBOSUITE_PANDA.state_keys}
+if len(ACTION_NAMES) != ROBOSUITE_PANDA.action_dim or any(
+        len(names) != ROBOSUITE_PANDA.state[key] for key, names in STATE_NAMES.items()):
+    raise RuntimeError(f"sim robot features {STATE_NAMES}, {ACTION_NAMES} do not match the contract's state "
+                       f"{ROBOSUITE_PANDA.state} and action size {ROBOSUITE_PANDA.action_dim}")
 TIMESTAMP_SUFFIX = ".timestamp"
 
 
@@ -44,7 +49,7 @@ TIMESTAMP_SUFFIX = ".timestamp"
 class SimRobotConfig(RobotConfig):
     task: str = "Lift"
     camera_names: list[str] = field(default_factory=lambda: ["agentview"])  # robosuite cameras; [] for none
-    image_size: int = 64
+    image_size: int = ROBOSUITE_PANDA.image_size
     control_freq: int = 20  # Hz of simulated time per action
     horizon: int | None = None  # None: the task's default
     seed: int = 0  # seed of the first episode; reset(seed) starts another

@@ -35,6 +35,7 @@ from toto_robot.checkpoint import BC_POLICY, load_state_dict, read_checkpoint, r
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto
 from toto_robot.frames import as_frames
 from toto_robot.model import ModelConfig, Transformer
+from toto_robot.shapes import ROBOSUITE_PANDA, ShapeMeta
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
 BACKBONES = ("toto", "toto_random", "cnn", "state")
@@ -45,10 +46,11 @@ HEADS = ("mlp", "act", "diffusion")
 class PolicyConfig:
     backbone: str = "toto"
     head: str = "mlp"
-    cameras: tuple[str, ...] = ("agentview_image", "robot0_eye_in_hand_image")
-    proprio_keys: tuple[str, ...] = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
-    proprio_dims: tuple[int, ...] = (3, 4, 2)
-    action_dim: int = 7
+    # Inputs and output: the defaults are the shape contract (toto_robot/shapes.py), stored field by field.
+    cameras: tuple[str, ...] = ROBOSUITE_PANDA.cameras
+    proprio_keys: tuple[str, ...] = ROBOSUITE_PANDA.state_keys
+    proprio_dims: tuple[int, ...] = ROBOSUITE_PANDA.state_sizes
+    action_dim: int = ROBOSUITE_PANDA.action_dim
     chunk: int = 8  # actions predicted per step
     n_action_steps: int = 4  # actions executed from a chunk before the next prediction (no ensembling)
     temporal_ensemble: float | None = None  # ACT's m: weights exp(-m * age); None executes chunks open loop
@@ -57,7 +59,7 @@ class PolicyConfig:
     act_layers: int = 2
     act_heads: int = 4
     cnn_channels: int = 32
-    image_size: int = 64
+    image_size: int = ROBOSUITE_PANDA.image_size
     readout: str = "attentive"  # one of policies.readouts.READOUTS (mlp and diffusion heads)
     position_embedding: bool = False  # learned per-token position embedding before the read-out / ACT memory
     n_queries: int = 4  # readout multiquery
@@ -120,6 +122,13 @@ class PolicyConfig:
     def obs_keys(self) -> tuple[str, ...]:
         """Store keys a training window reads for the observation (features replace images when cached)."""
         return (*self.cameras, *self.low_dim_keys)
+
+    @property
+    def shape_meta(self) -> ShapeMeta:
+        """What the policy reads and writes: its cameras, image size, low-dimensional keys (object state, then
+        proprioception) with their sizes, and its action size."""
+        state = dict(zip(self.low_dim_keys, (*self.object_dims, *self.proprio_dims), strict=True))
+        return ShapeMeta(cameras=self.cameras, image_size=self.image_size, state=state, action_dim=self.action_dim)
 
     @classmethod
     def from_encoder(cls, encoder_checkpoint: str | Path, **kw) -> PolicyConfig:

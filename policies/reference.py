@@ -14,15 +14,16 @@ import torch
 from torch import nn
 
 from toto_robot.encoder import StreamingEncoder
+from toto_robot.shapes import ROBOSUITE_PANDA, ShapeMeta
 
 
 @dataclass
 class ReferencePolicyConfig:
-    image_keys: list[str] = field(default_factory=lambda: ["agentview_image"])
-    state_keys: list[str] = field(
-        default_factory=lambda: ["robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"])
-    state_dim: int = 9  # sum of the state keys' sizes
-    action_dim: int = 7
+    # Defaults: the shape contract (toto_robot/shapes.py) with its first camera only.
+    image_keys: list[str] = field(default_factory=lambda: list(ROBOSUITE_PANDA.cameras[:1]))
+    state_keys: list[str] = field(default_factory=lambda: list(ROBOSUITE_PANDA.state_keys))
+    state_dim: int = ROBOSUITE_PANDA.state_size  # sum of the state keys' sizes
+    action_dim: int = ROBOSUITE_PANDA.action_dim
     horizon: int = 8  # actions per chunk
     hidden: int = 128
 
@@ -33,6 +34,12 @@ class ReferencePolicyConfig:
             if getattr(self, name) < (0 if name == "state_dim" else 1):
                 raise ValueError(f"ReferencePolicyConfig.{name}: expected a positive size, "
                                  f"got {getattr(self, name)}")
+
+    @classmethod
+    def from_shape_meta(cls, meta: ShapeMeta, **kw: Any) -> ReferencePolicyConfig:
+        """The policy of a shape contract: every camera and state key of `meta`, its action size."""
+        return cls(image_keys=list(meta.cameras), state_keys=list(meta.state_keys), state_dim=meta.state_size,
+                   action_dim=meta.action_dim, **kw)
 
 
 class ChunkHead(nn.Module):

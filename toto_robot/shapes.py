@@ -4,6 +4,7 @@
     meta.obs_keys        # ("agentview_image", "robot0_eye_in_hand_image", "robot0_eef_pos", ...)
     meta.state_size      # 9: the state keys' sizes summed, in `state` order
     ShapeMeta.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
+    dataclasses.replace(meta, image_size=84)     # another contract, validated again
 
 A `ShapeMeta` says what one observation and one action look like: the camera image keys (each a square
 (image_size, image_size, 3) uint8 frame), the low-dimensional state keys with their sizes (float32, in the
@@ -39,7 +40,7 @@ def _is_size(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # equality below: the order of `state` is part of the contract
 class ShapeMeta:
     cameras: tuple[str, ...]  # image observation keys, each (image_size, image_size, 3) uint8
     image_size: int  # square side of every camera image, pixels
@@ -55,7 +56,7 @@ class ShapeMeta:
         if not _is_size(self.image_size):
             raise ValueError(f"ShapeMeta.image_size: expected a positive integer, got {self.image_size!r}")
         if not isinstance(self.state, Mapping):
-            raise ValueError(f"ShapeMeta.state: expected a mapping of key -> size, got {self.state!r}")
+            raise TypeError(f"ShapeMeta.state: expected a mapping of key -> size, got {self.state!r}")
         object.__setattr__(self, "state", dict(self.state))  # a private copy: the contract cannot change under us
         bad = {k: v for k, v in self.state.items() if not (isinstance(k, str) and k and _is_size(v))}
         if bad:
@@ -68,8 +69,14 @@ class ShapeMeta:
         if not _is_size(self.action_dim):
             raise ValueError(f"ShapeMeta.action_dim: expected a positive integer, got {self.action_dim!r}")
 
-    def __hash__(self) -> int:  # `state` is a dict; hash its items so the contract can key a cache
-        return hash((self.cameras, self.image_size, tuple(self.state.items()), self.action_dim))
+    def _fields(self) -> tuple:
+        return self.cameras, self.image_size, tuple(self.state.items()), self.action_dim
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ShapeMeta) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
     @property
     def state_keys(self) -> tuple[str, ...]:
@@ -96,14 +103,11 @@ class ShapeMeta:
         spec |= {key: ((n,), "float32") for key, n in self.state.items()}
         return spec
 
-    def replace(self, **changes: Any) -> ShapeMeta:
-        """A copy with some fields changed (validated again): `ROBOSUITE_PANDA.replace(image_size=84)`."""
-        return ShapeMeta(**{**self.to_dict(), **changes})
-
     def check(self, other: ShapeMeta, what: str = "shape contract") -> None:
         """Raise ValueError, naming every field that differs, unless `other` is this contract."""
+        names = ("cameras", "image_size", "state", "action_dim")
         diffs = [f"{name} {getattr(other, name)!r} (expected {getattr(self, name)!r})"
-                 for name in ("cameras", "image_size", "state", "action_dim") if getattr(other, name) != getattr(self, name)]
+                 for name, mine, theirs in zip(names, self._fields(), other._fields(), strict=True) if mine != theirs]
         if diffs:
             raise ValueError(f"{what}: " + "; ".join(diffs))
 

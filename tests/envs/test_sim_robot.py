@@ -134,14 +134,14 @@ def test_loop_holds_its_rate_on_the_simulated_robot():
 def test_faults_are_injected_as_configured():
     base = SimRobot(SimRobotConfig(camera_names=["agentview"], image_size=32))
     robot = FaultyRobot(base, FaultConfig(dropped_frames=[2], camera_stall=[[4, 9]], latency_spike=[[10, 0.15]],
-                                          nan_state=[[11, 12]], disconnect_at=13, camera_timeout_s=0.1))
+                                          nan_state=[[11, 12]], disconnect_at=13, camera_timeout_s=0.5))
     robot.connect()
     try:
         obs = [robot.get_observation()]
         for i in range(1, 13):
             robot.send_action({**dict.fromkeys(ACTION_NAMES, 0.0), "dx": 1.0})  # the arm moves: frames change
-            if i in (5, 6, 7):
-                time.sleep(0.05)
+            if i in (5, 6, 7):  # the stall outlasts camera_timeout_s even when a step is fast; a step under
+                time.sleep(0.25)  # load (~0.15 s) stays well inside it, so frame 4 still arrives
             try:
                 obs.append(robot.get_observation())
             except TimeoutError:
@@ -174,7 +174,8 @@ def test_loop_survives_faults_and_logs_them(tmp_path):
     faults = FaultConfig(camera_stall=[[6, 14]], nan_state=[[18, 19]], disconnect_at=24)
     robot = FaultyRobot(make_lerobot_robot({"type": "toto_sim", "camera_names": ["agentview"], "image_size": 64}),
                         faults)
-    loop = LoopConfig(rate_hz=10, n_steps=40, max_obs_age_s=0.25, max_hold_s=2.0)
+    # n_steps leaves room for skipped ticks on a loaded machine: the disconnect (robot call 24) ends it anyway
+    loop = LoopConfig(rate_hz=10, n_steps=120, max_obs_age_s=0.25, max_hold_s=2.0)
     with LeRobotAdapter(robot, sim_mapping(True)) as adapter:
         result = run_episode(adapter, policy, loop, SAFETY)
         store = open_log(tmp_path / "sim.zarr", adapter.observation_spec(), 7, {"fps": 10})
