@@ -6,8 +6,9 @@
 - Batches are a pure function of (seed, step, micro-batch, rank): the data position is the step, so a
   checkpoint holding model, optimizer, scheduler, RNG and step resumes exactly where the run stopped.
 - The checkpoint is a Toto checkpoint directory (config.json + tokenizer/model safetensors, loadable by
-  `load_toto`) carrying the train state (`toto_robot.checkpoint.TrainState`: step, optimizer, scheduler,
-  RNG, data position); written atomically every `ckpt_every` steps.
+  `load_toto`; `corpus` names the shards' sources, for the BC and probe records) carrying the train
+  state (`toto_robot.checkpoint.TrainState`: step, optimizer, scheduler, RNG, data position); written
+  atomically every `ckpt_every` steps.
 - Logs loss, lr, gradient norm, tokens/s and MFU to the console, a tqdm bar, TensorBoard and
   `metrics.jsonl`; held-out loss every `eval_every` steps and at the end.
 """
@@ -256,7 +257,7 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
             scheduler = {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
             state = TrainState(step=step, model=model_sd, optimizer=optim_sd, scheduler=scheduler, rng=rngs,
                                seed=cfg.seed, world_size=world, run=run)
-            save_train_state(ckpt, state, tokenizer, mcfg)
+            save_train_state(ckpt, state, tokenizer, mcfg, extra={"corpus": "+".join(shards.names)})
         if world > 1:
             dist.barrier()
 

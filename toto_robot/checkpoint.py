@@ -199,17 +199,20 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[di
     return {"state": state, "param_groups": groups}
 
 
-def save_train_state(path: str | os.PathLike, state: TrainState, tokenizer: Tokenizer, model_cfg: ModelConfig) -> Path:
+def save_train_state(path: str | os.PathLike, state: TrainState, tokenizer: Tokenizer, model_cfg: ModelConfig,
+                     extra: dict | None = None) -> Path:
     """A Toto checkpoint (`load_toto` reads it) that also carries `state`: config.json's `train` section,
-    optimizer.safetensors and rng.safetensors."""
+    optimizer.safetensors and rng.safetensors; `extra` goes to the top level of config.json (as in `save_toto`)."""
     clash = sorted(set(state.run) & set(_TRAIN_KEYS))
     if clash:
         raise ValueError(f"TrainState.run: keys {clash} are the train state's own, rename them")
+    if _TRAIN in (extra or {}):
+        raise ValueError(f"save_train_state extra: the key {_TRAIN!r} is the train state's section, rename it")
     optim_tensors, param_groups = _flatten_optimizer(state.optimizer)
     train = {**state.run, "step": state.step, "scheduler": state.scheduler, "optimizer_param_groups": param_groups,
              "data_position": {"step": state.step, "seed": state.seed, "world_size": state.world_size}}
     rng = {f"rank{r}.{i}": t for r, states in enumerate(state.rng) for i, t in enumerate(states)}
-    config = _toto_config(tokenizer, model_cfg, {_TRAIN: json.loads(json.dumps(train))})
+    config = _toto_config(tokenizer, model_cfg, {**(extra or {}), _TRAIN: json.loads(json.dumps(train))})
     return save_checkpoint(path, TOTO, config, {"tokenizer": tokenizer.state_dict(), "model": state.model,
                                                 "optimizer": optim_tensors, "rng": rng})
 

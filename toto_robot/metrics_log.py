@@ -1,5 +1,6 @@
 """The training logs: one JSON row of scalars per step in `<out>/metrics.jsonl`, the same scalars in
-TensorBoard under `<out>/tb`. Used by the pretraining trainer and the tokenizer's training."""
+TensorBoard under `<out>/tb`. Used by the pretraining trainer and the tokenizer's training; `read_metrics`
+reads the rows back (the demo's loss curves)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,11 @@ class MetricsLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_metrics(out: str | os.PathLike) -> list[dict]:
+    """The rows a `MetricsLog` wrote to `<out>/metrics.jsonl`, in order."""
+    path = Path(out) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"training log: expected {path}, found no such file")
+    return [json.loads(r) for r in path.read_text().splitlines() if r]

@@ -1,14 +1,17 @@
 """toto-demo: the whole pipeline on a small default, stage by stage, with a report directory at the end.
 
 collect scripted Lift demonstrations (agent-view and wrist cameras) -> train the tokenizer on their
-frames -> pretrain a tiny Toto on the demonstration videos -> train a behavior-cloning policy on the
-frozen encoder (and optional baselines) -> evaluate in simulation -> report (summary.md with the
-success table, loss curves, tokenizer reconstructions, rollout videos). Finished stages are reused when
-the demo runs again with the same settings.
+frames -> tokenize their camera videos into token shards -> pretrain a tiny Toto on the shards -> train a
+behavior-cloning policy on the frozen encoder (and optional baselines) -> evaluate in simulation -> report
+(summary.md with the success table, loss curves, tokenizer reconstructions, rollout videos). The
+tokenizer, tokenize and pretrain stages call the functions `toto-train-tokenizer`, `toto-tokenize` and
+`toto-pretrain` run, so the demo writes the same checkpoints. Finished stages are reused when the demo
+runs again with the same settings.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -24,19 +27,21 @@ from envs.robosuite_env import EnvConfig
 from policies.bc import build_policy
 from policies.train import TrainConfig
 from pretrain.data import ZarrSource
-from pretrain.loops import train_lm, train_tokenizer
-from toto_robot.checkpoint import load_state_dict, save_tokenizer
+from pretrain.shards import TokenShards, load_tokenizer, tokenize_sources
+from pretrain.tokenizer_training import train_tokenizer
+from pretrain.trainer import CHECKPOINT, pretrain
+from pretrain.trainer import TrainConfig as PretrainConfig
 from toto_robot.commands.bc_protocol import bc_record, train_and_test
 from toto_robot.commands.entry import entry_point
 from toto_robot.config import CONFIG_DIR, model_config, tokenizer_config
-from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
-from toto_robot.image_metrics import psnr_uint8
-from toto_robot.model import Transformer, clip_to_sequence
-from toto_robot.report import markdown_table, save_curves, save_reconstructions
+from toto_robot.encoder import StreamingEncoder, TotoEncoder
+from toto_robot.metrics_log import read_metrics
+from toto_robot.report import markdown_table, save_curves
 from toto_robot.results import run_context, write_record
 from toto_robot.stages import finished, mark_finished
 from toto_robot.store import TrajectoryStore
-from toto_robot.tokenizer import Tokenizer
+
+CLIP_KEYS = ("clip_frames", "frame_stride")  # pretrain.* keys that shape the clips, not the trainer
 
 
 def _stage(out: Path, name: str, settings: dict, run) -> dict:
@@ -53,6 +58,13 @@ def _stage(out: Path, name: str, settings: dict, run) -> dict:
     return mark_finished(stage_dir, settings, results)
 
 
+def pretrain_config(cfg: DictConfig) -> PretrainConfig:
+    """The trainer's config from the demo's `pretrain` node. A redone stage starts afresh (resume=False):
+    its settings changed, or its tokenizer was retrained."""
+    node = OmegaConf.to_container(cfg.pretrain, resolve=True)
+    return PretrainConfig(**{k: v for k, v in node.items() if k not in CLIP_KEYS}, seed=cfg.seed, resume=False)
+
+
 def run_demo(cfg: DictConfig) -> Path:
     context = run_context()  # the commit and load as the run starts
     out = Path(cfg.out_dir)
@@ -60,10 +72,16 @@ def run_demo(cfg: DictConfig) -> Path:
     torch.manual_seed(cfg.seed)
     settings = OmegaConf.to_container(cfg, resolve=True)
     pick = lambda *keys: {k: settings[k] for k in ("seed", *keys)}
+    clip_settings = {k: settings["pretrain"][k] for k in CLIP_KEYS}
     cams = [f"{c}_image" for c in cfg.collect.cameras]
     env_cfg = EnvConfig(task=cfg.collect.task, cameras=tuple(cfg.collect.cameras), image_size=cfg.collect.image_size,
                         horizon=cfg.collect.horizon)
     store_path = out / "collect" / f"{cfg.collect.task}.zarr"
+    tok_cfg = tokenizer_config(OmegaConf.to_container(cfg.tokenizer))
+    if tok_cfg.image_size != cfg.collect.image_size:
+        raise ValueError(f"tokenizer.image_size {tok_cfg.image_size} must equal collect.image_size {cfg.collect.image_size}")
+    model_config(settings["model"], tok_cfg, cfg.pretrain.clip_frames)  # a bad override fails before collecting
+    train_cfg = pretrain_config(cfg)
 
     def collect_stage(d: Path) -> dict:
         store = collect(store_path, make_expert(cfg.collect.task), env_cfg, cfg.collect.n_episodes,
@@ -71,48 +89,40 @@ def run_demo(cfg: DictConfig) -> Path:
         return {"episodes": store.n_episodes, "steps": store.n_steps}
 
     col = _stage(out, "collect", pick("collect"), collect_stage)
-    source = ZarrSource("demonstrations", store_path, keys=cams, size=cfg.collect.image_size,
+    source = ZarrSource(f"demonstrations:{cfg.collect.task}", store_path, keys=cams, size=cfg.collect.image_size,
                         clip_frames=cfg.pretrain.clip_frames, stride=cfg.pretrain.frame_stride)
-    clips = np.stack([clip for item in source.items() for clip in source.clips(item)])  # (N, F, H, W, 3)
-    n_held = max(1, len(clips) // 10)
-    train_clips, held_out = clips[:-n_held], clips[-n_held:]
-    tok_cfg = tokenizer_config(OmegaConf.to_container(cfg.tokenizer))
-    if tok_cfg.image_size != cfg.collect.image_size:
-        raise ValueError(f"tokenizer.image_size {tok_cfg.image_size} must equal collect.image_size {cfg.collect.image_size}")
-    model_cfg = model_config(OmegaConf.to_container(cfg.model), tok_cfg, cfg.pretrain.clip_frames)
+    tok_ckpt = (out / "tokenizer" / "checkpoint").resolve()
+    shards_path = out / "tokenize" / "tokens.zarr"
 
-    def tokenizer_stage(d: Path) -> dict:
-        tok = Tokenizer(tok_cfg)
-        hist = train_tokenizer(tok, train_clips, **cfg.tokenizer_train, seed=cfg.seed)
-        save_tokenizer(d / "checkpoint", tok)
-        recon = tok.reconstruct(held_out[:, :1]).numpy()
-        psnr = psnr_uint8(recon, held_out[:, :1])
-        save_reconstructions(out / "tokenizer_reconstructions.png", held_out[:8, 0], recon[:8, 0],
-                             f"held-out frames, PSNR {psnr:.1f} dB")
-        ids = tok.encode(held_out)
-        return {"psnr_held_out": psnr, "codebook_usage_held_out": torch.unique(ids).numel() / tok.vocab_size,
-                "psnr_curve": [h["psnr"] for h in hist]}
+    def tokenizer_stage(d: Path) -> dict:  # toto-train-tokenizer
+        res = train_tokenizer([source], tok_cfg, d, seed=cfg.seed, **OmegaConf.to_container(cfg.tokenizer_train))
+        shutil.copy(d / "reconstructions.png", out / "tokenizer_reconstructions.png")
+        return {"psnr_check": res["psnr_check"], "codebook_usage_check": res["codebook_usage_check"],
+                "psnr_curve": [r["psnr"] for r in read_metrics(d)]}
 
-    tok_res = _stage(out, "tokenizer", pick("collect", "tokenizer", "tokenizer_train"), tokenizer_stage)
+    tok_settings = pick("collect", "tokenizer", "tokenizer_train") | {"clips": clip_settings}
+    tok_res = _stage(out, "tokenizer", tok_settings, tokenizer_stage)
 
-    def pretrain_stage(d: Path) -> dict:
-        tok = Tokenizer(tok_cfg)
-        tok.load_state_dict(load_state_dict(out / "tokenizer" / "checkpoint", "tokenizer"))
-        tok.eval()
-        model = Transformer(model_cfg)
-        train_kw = {k: v for k, v in cfg.pretrain.items() if k in ("steps", "batch_size", "lr")}
-        hist = train_lm(model, tok.encode(train_clips), **train_kw, seed=cfg.seed)
-        with torch.no_grad():
-            seq = clip_to_sequence(tok.encode(held_out), model.cfg)
-            _, held = model(seq[:, :-1], seq[:, 1:])
-        save_toto(d / "checkpoint", tok, model, extra={"corpus": f"demonstrations:{cfg.collect.task}"})
-        return {"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"], "held_out_loss": held.item(),
-                "params": model.num_params(), "clips": len(train_clips), "loss_curve": [h["loss"] for h in hist]}
+    def tokenize_stage(d: Path) -> dict:  # toto-tokenize
+        shutil.rmtree(shards_path, ignore_errors=True)  # tokens of an earlier tokenizer must not be resumed
+        summary = tokenize_sources([source], load_tokenizer(tok_ckpt), shards_path, tokenizer_path=str(tok_ckpt))
+        return summary[source.name]
+
+    _stage(out, "tokenize", tok_settings, tokenize_stage)
+
+    def pretrain_stage(d: Path) -> dict:  # toto-pretrain
+        res = pretrain(shards_path, settings["model"], train_cfg, d)
+        losses = [r["loss"] for r in read_metrics(d)]
+        shards = TokenShards(shards_path, held_out=train_cfg.held_out)
+        return {"loss_first": losses[0], "loss_last": losses[-1], "held_out_loss": res["held_out_loss"],
+                "params": res["params"], "clips": shards.n_clips(source.name),
+                "clips_held_out": shards.n_clips(source.name, "held_out"), "loss_curve": losses}
 
     lm_res = _stage(out, "pretrain", pick("collect", "tokenizer", "tokenizer_train", "model", "pretrain"),
                     pretrain_stage)
-    ckpt = out / "pretrain" / "checkpoint"
-    enc_res = encode_check(ckpt, held_out[:2], cfg.policy.encoder_window)
+    ckpt = out / "pretrain" / CHECKPOINT
+    last_clips = (c for item in reversed(source.items()) for c in source.clips(item))
+    enc_res = encode_check(ckpt, np.stack(list(itertools.islice(last_clips, 2))), cfg.policy.encoder_window)
 
     policies = [cfg.policy] + [OmegaConf.load(Path(CONFIG_DIR) / "policy" / f"{b}.yaml") for b in cfg.baselines]
     bc_results = []
@@ -176,9 +186,10 @@ def write_summary(out: Path, cfg: DictConfig, col: dict, tok: dict, lm: dict, en
                 "mean length": r["mean_length"]} for r in bc]
     rows = [
         {"stage": "collect", "metric": "expert demonstrations (steps)", "value": f"{col['episodes']} ({col['steps']})"},
-        {"stage": "tokenizer", "metric": "held-out PSNR (dB)", "value": tok["psnr_held_out"]},
-        {"stage": "tokenizer", "metric": "held-out codebook usage", "value": tok["codebook_usage_held_out"]},
-        {"stage": "pretrain", "metric": "clips / parameters", "value": f"{lm['clips']} / {lm['params']}"},
+        {"stage": "tokenizer", "metric": "PSNR (dB), buffered training frames", "value": tok["psnr_check"]},
+        {"stage": "tokenizer", "metric": "codebook usage, buffered training frames", "value": tok["codebook_usage_check"]},
+        {"stage": "pretrain", "metric": "clips (train / held out) / parameters",
+         "value": f"{lm['clips']} / {lm['clips_held_out']} / {lm['params']}"},
         {"stage": "pretrain", "metric": "first / last train loss", "value": f"{lm['loss_first']:.3f} / {lm['loss_last']:.3f}"},
         {"stage": "pretrain", "metric": "held-out loss", "value": lm["held_out_loss"]},
         {"stage": "encoder", "metric": "read-out layer", "value": f"{enc['layer']} of {enc['of_layers']}"},
