@@ -64,6 +64,7 @@ class PolicyConfig:
     position_embedding: bool = False  # learned per-token position embedding before the read-out / ACT memory
     n_queries: int = 4  # readout multiquery
     n_keypoints: int = 32  # readout spatial_softmax
+    flatten_channels: int = 16  # readout flatten: channels kept per token
     n_obs_steps: int = 1  # observations the mlp / diffusion head sees (the newest last)
     object_keys: tuple[str, ...] = ()  # privileged object-state keys (backbone state)
     object_dims: tuple[int, ...] = ()
@@ -197,7 +198,8 @@ class BCPolicy(nn.Module):
         else:
             # read out at the encoder's width, then project: attention over every token stays cheap
             self.readouts = nn.ModuleDict({n: Readout(cfg.readout, feat_dim, n_tokens, cfg.position_embedding,
-                                                      cfg.n_queries, cfg.n_keypoints) for n in names})
+                                                      cfg.n_queries, cfg.n_keypoints, cfg.flatten_channels)
+                                           for n in names})
             self.feat_proj = nn.ModuleDict({n: nn.Linear(self.readouts[n].out_dim, d) for n in names})
             cond_dim = cfg.n_obs_steps * d * (len(names) + 1)
             if cfg.head == "mlp":

@@ -7,7 +7,9 @@ add a learned per-token position embedding first (`position_embedding=True`):
 - `attentive`: one learned query cross-attends over the tokens (the paper's attentive probe);
 - `multiquery`: several learned queries, their outputs concatenated (keeps several places apart);
 - `spatial_softmax`: keypoints as in robomimic's visual policies: a 1x1 projection to K maps, a softmax over
-  the token grid per map, and the expected (x, y) of each, so the read-out is positions by construction.
+  the token grid per map, and the expected (x, y) of each, so the read-out is positions by construction;
+- `flatten`: every token's features, each projected to a few channels, concatenated in raster order (the
+  probe's `flat` read-out, which holds the object's position best: toto-probe-state).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from toto_robot.encoder import AttentivePooler
 
-READOUTS = ("mean", "attentive", "multiquery", "spatial_softmax")
+READOUTS = ("mean", "attentive", "multiquery", "spatial_softmax", "flatten")
 
 
 class MultiQueryPooler(nn.Module):
@@ -61,11 +63,24 @@ class SpatialSoftmax(nn.Module):
         return keypoints.flatten(1)  # (B, 2K)
 
 
+class FlattenTokens(nn.Module):
+    """(B, N, C) -> (B, N * k): a shared linear map of each token to k channels, kept in raster order."""
+
+    def __init__(self, dim: int, n_tokens: int, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.proj = nn.Linear(dim, channels)
+        self.out_dim = n_tokens * channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x)).flatten(1)  # (B, N * k)
+
+
 class Readout(nn.Module):
     """(B, N, C) token features -> (B, out_dim), optionally with a learned position embedding first."""
 
     def __init__(self, kind: str, dim: int, n_tokens: int, position_embedding: bool = False, n_queries: int = 4,
-                 n_keypoints: int = 32):
+                 n_keypoints: int = 32, flatten_channels: int = 16):
         super().__init__()
         if kind not in READOUTS:
             raise ValueError(f"readout: expected one of {READOUTS}, got {kind!r}")
@@ -77,8 +92,11 @@ class Readout(nn.Module):
             self.pool, self.out_dim = AttentivePooler(dim), dim
         elif kind == "multiquery":
             self.pool, self.out_dim = MultiQueryPooler(dim, n_queries), n_queries * dim
-        else:
+        elif kind == "spatial_softmax":
             self.pool, self.out_dim = SpatialSoftmax(dim, n_tokens, n_keypoints), 2 * n_keypoints
+        else:
+            self.pool = FlattenTokens(dim, n_tokens, flatten_channels)
+            self.out_dim = self.pool.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pos is not None:

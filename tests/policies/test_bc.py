@@ -209,6 +209,7 @@ VARIANTS = [
     {"readout": "attentive", "position_embedding": True},
     {"readout": "multiquery", "n_queries": 3},
     {"readout": "spatial_softmax", "n_keypoints": 8},
+    {"readout": "flatten", "flatten_channels": 4},
     {"head": "act", "position_embedding": True, "n_action_steps": 1},
     {"head": "diffusion", "chunk": 8, "n_obs_steps": 2, "n_action_steps": 4,
      "diffusion": {"down_dims": [16, 32], "n_groups": 4, "step_embed_dim": 16, "num_inference_steps": 4}},
@@ -262,7 +263,7 @@ def test_state_policy_reads_object_state_not_images(encoder_ckpt):
 
 def test_diffusion_policy_executes_from_the_current_step(encoder_ckpt):
     """With 2 observation steps a 8-action chunk starts one step in the past: 7 actions from now on."""
-    kw = VARIANTS[5]
+    kw = next(v for v in VARIANTS if v.get("head") == "diffusion" and "backbone" not in v)
     policy = _variant(encoder_ckpt, **kw).eval()
     obs = {c: np.zeros((64, 64, 3), np.uint8) for c in CAMS} | {k: np.zeros(d, np.float32) for k, d in PROPRIO.items()}
     assert policy.predict_action_chunk(obs).shape == (7, 7)
