@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from policies.bc import BCPolicy
 from policies.features import feature_key, feature_store
 from toto_robot.sampler import WindowDataset, split_episodes
+from toto_robot.schedules import warmup_cosine
 from toto_robot.store import TrajectoryStore
 
 
@@ -99,8 +100,7 @@ def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir
     train_ds, val_ds = datasets(policy, store_path, cfg.val_ratio, cfg.seed, progress)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup, cfg.steps))
     writer = SummaryWriter(str(out / "tb"))
     history: dict = {"train": [], "val": [], "eval": []}
     best, best_step = (-1.0, math.inf), None
