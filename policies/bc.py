@@ -319,7 +319,7 @@ class BCPolicy(nn.Module):
             return []
         frames = torch.stack([torch.as_tensor(np.asarray(im)) for im in images])  # (cameras, H, W, 3)
         if self.encoder is None:
-            feats = self.cnn(as_frames(frames[:, None], size_multiple=16)[:, 0].to(self._device))
+            feats = self.encode_images(frames)
         else:
             if self._stream is None:
                 self._stream = StreamingEncoder(self.encoder, window=self.cfg.encoder_window)

@@ -73,6 +73,20 @@ def test_forward_backward_shapes(encoder_ckpt, store_path, backbone, head):
     assert policy.select_action(obs).shape == (7,)
 
 
+def _assert_same_actions(policy, loaded, ep, privileged=False, steps=6):
+    """A policy and its saved-and-loaded copy choose identical, finite actions on an episode's observations."""
+    policy.eval()
+    for p in (policy, loaded):
+        p.reset()
+    for t in range(steps):
+        obs = {k: ep[k][t] for k in (*CAMS, *PROPRIO)}
+        if privileged:  # the runner's privileged state; only the `state` backbone reads it
+            obs["privileged"] = {"object": ep["object"][t]}
+        a, b = policy.select_action(obs), loaded.select_action(obs)
+        assert a.shape == (7,) and np.isfinite(a).all()
+        np.testing.assert_array_equal(a, b)
+
+
 def test_toto_random_differs_from_pretrained_only_in_transformer(encoder_ckpt):
     a, b = _policy(encoder_ckpt), _policy(encoder_ckpt, backbone="toto_random")
     assert torch.equal(a.encoder.tokenizer.encoder.net[0].weight, b.encoder.tokenizer.encoder.net[0].weight)
@@ -84,13 +98,7 @@ def test_save_load_gives_identical_actions(encoder_ckpt, store_path, tmp_path):
     policy.set_stats(TrajectoryStore.open(store_path).stats)
     policy.save(tmp_path / "p")
     loaded = BCPolicy.load(tmp_path / "p")
-    policy.eval()
-    ep = TrajectoryStore.open(store_path).episode(0)
-    for p in (policy, loaded):
-        p.reset()
-    for t in range(6):
-        obs = {k: ep[k][t] for k in (*CAMS, *PROPRIO)}
-        np.testing.assert_array_equal(policy.select_action(obs), loaded.select_action(obs))
+    _assert_same_actions(policy, loaded, TrajectoryStore.open(store_path).episode(0))
     cfg = __import__("json").loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["policy"]["encoder_checkpoint"] == str(encoder_ckpt)
 
@@ -236,16 +244,7 @@ def test_readouts_heads_and_state_train_save_and_act_identically(encoder_ckpt, s
     losses = [h["loss"] for h in res["history"]["train"]]
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:2]), losses
     loaded = BCPolicy.load(res["last"])
-    policy.eval()
-    ep = TrajectoryStore.open(store_path).episode(0)
-    for p in (policy, loaded):
-        p.reset()
-    for t in range(6):
-        obs = {k: ep[k][t] for k in (*CAMS, *PROPRIO)}
-        obs["privileged"] = {"object": ep["object"][t]}  # the runner's privileged state; only `state` reads it
-        a, b = policy.select_action(obs), loaded.select_action(obs)
-        assert a.shape == (7,) and np.isfinite(a).all()
-        np.testing.assert_array_equal(a, b)
+    _assert_same_actions(policy, loaded, TrajectoryStore.open(store_path).episode(0), privileged=True)
     assert policy.uses_privileged_state == (kw.get("backbone") == "state")
 
 

@@ -21,6 +21,11 @@ from toto_robot.model import MODEL_PRESETS
 from toto_robot.store import TrajectoryStore
 
 
+def low_dim_sizes(store_path: str | Path) -> dict[str, int]:
+    """Key -> size of a store's low-dimensional keys (what `build_policy` sizes the state baseline with)."""
+    return {k: shape[0] for k, (shape, _dtype) in TrajectoryStore.open(store_path).schema.items() if len(shape) == 1}
+
+
 def rollout_evaluator(env: EnvConfig, n_episodes: int, seed_start: int, out_dir: Path, name: str,
                       n_workers: int = 1, n_videos: int = 0) -> Callable[[BCPolicy, int], dict]:
     """`evaluate(policy, step)` for `train_bc`: rollouts on seeds seed_start.. written under out_dir/eval_<step>."""

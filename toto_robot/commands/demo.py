@@ -31,7 +31,7 @@ from pretrain.shards import TokenShards, load_tokenizer, tokenize_sources
 from pretrain.tokenizer_training import train_tokenizer
 from pretrain.trainer import CHECKPOINT, pretrain
 from pretrain.trainer import TrainConfig as PretrainConfig
-from toto_robot.commands.bc_protocol import bc_record, train_and_test
+from toto_robot.commands.bc_protocol import bc_record, low_dim_sizes, train_and_test
 from toto_robot.commands.entry import entry_point
 from toto_robot.config import CONFIG_DIR, model_config, tokenizer_config
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
@@ -39,7 +39,6 @@ from toto_robot.metrics_log import read_metrics
 from toto_robot.report import markdown_table, save_curves
 from toto_robot.results import run_context, write_record
 from toto_robot.stages import finished, mark_finished
-from toto_robot.store import TrajectoryStore
 
 CLIP_KEYS = ("clip_frames", "frame_stride")  # pretrain.* keys that shape the clips, not the trainer
 
@@ -130,8 +129,8 @@ def run_demo(cfg: DictConfig) -> Path:
         node = OmegaConf.to_container(node, resolve=True)
 
         def bc_stage(d: Path, node=node) -> dict:
-            low_dim = {k: shape[0] for k, (shape, _) in TrajectoryStore.open(store_path).schema.items() if len(shape) == 1}
-            policy = build_policy(node | {"seed": cfg.seed}, ckpt, tuple(cams), cfg.collect.image_size, low_dim)
+            policy = build_policy(node | {"seed": cfg.seed}, ckpt, tuple(cams), cfg.collect.image_size,
+                                  low_dim_sizes(store_path))
             train = TrainConfig(**cfg.bc, seed=cfg.seed)
             res = train_and_test(policy, store_path, train, d, env_cfg, node["name"], n_test=cfg.eval.n_episodes,
                                  n_select=cfg.eval.n_select, n_workers=cfg.eval.n_workers, n_videos=cfg.eval.n_videos)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from envs.robosuite_env import EnvConfig
 from policies.bc import build_policy
 from policies.train import TrainConfig
-from toto_robot.commands.bc_protocol import bc_record, train_and_test
+from toto_robot.commands.bc_protocol import bc_record, low_dim_sizes, train_and_test
 from toto_robot.commands.entry import entry_point
 from toto_robot.results import run_context, write_record
 from toto_robot.store import TrajectoryStore
@@ -40,9 +40,8 @@ def run(cfg: DictConfig) -> dict:
     name = node["name"]
     node["seed"] = cfg.train.seed
     cams = tuple(f"{c}_image" for c in env_cfg.cameras)
-    low_dim = {k: shape[0] for k, (shape, _dtype) in store.schema.items() if len(shape) == 1}
     policy = build_policy(node, cfg.encoder if node.get("backbone") in ("toto", "toto_random") else None, cams,
-                          env_cfg.image_size, low_dim_sizes=low_dim)
+                          env_cfg.image_size, low_dim_sizes=low_dim_sizes(store_path))
     out = Path(cfg.out_dir or f"outputs/bc/{env_cfg.task}-{name}")
     train = TrainConfig(**cfg.train)
     res = train_and_test(policy, store_path, train, out, env_cfg, name, n_test=cfg.eval.n_episodes,
