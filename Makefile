@@ -25,8 +25,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/toto-demo
 
+# Two test workers (pytest-xdist), one intra-op thread each: the 2-core machine runs two tests at once
+# instead of one test on two oversubscribed threads.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -m "not gpu and not hardware" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not gpu and not hardware" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: setup
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

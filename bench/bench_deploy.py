@@ -1,16 +1,16 @@
-"""Deployment loop latency: the reference policy (streaming encoder + MLP chunk head) in the fixed-rate loop,
-for the tiny and small encoders, one and two cameras, the KV-cached streaming encoder against its peer,
-recomputing the temporal window every step.
+"""Deployment latency of the BCPolicy that toto-deploy runs (streaming Toto encoder, attentive read-out, MLP
+chunk head): the eager reference against the fast path (toto_robot/fast.py), for each encoder preset and camera
+count, then the thread policy under a competing busy process.
 
-    python bench/bench_deploy.py [--presets tiny small] [--rate 10] [--steps 40] [--window 8] [--threads 2]
+    python bench/bench_deploy.py [--presets tiny small] [--window 8] [--probe 8] [--steps 30] [--threads N]
 
-The robot replays generated camera frames instantly, so what is timed is the loop and the policy, not a
-simulator. Per configuration:
-- inference per step (one chunk: encode the new frame of every camera + head), p50/p99, timed synchronously
-  with the temporal window full, one call per frame: the policy's own latency;
-- in the loop at the target rate (inference in the background worker): the loop's step latency (tick due ->
-  action sent) p50/p99, the achieved rate against the target, and the stale actions dropped per chunk.
-Then the ratio recompute / streaming of the inference p50: the peer comparison.
+Variants: eager (tokenizer and step "eager"), fast (tokenizer "onnx" + static cache: the same tokens), fast_bf16
+(tokenizer and step in bf16: lossy, its token agreement and features max abs diff are printed). Per variant:
+predict_action_chunk p50 / p99 with the temporal window full (the variants take turns frame by frame, so load
+spikes hit them alike), the warm-up (first call: ONNX export and session, or compile), the loop's step latency
+and achieved rate at --rate, and the frame budget at 10 / 20 / 50 Hz. Each preset ends with the line
+`<preset> 1 camera: fast p50 X ms, eager Y ms, speedup Z.ZZx`. Then threads 1 vs 2 vs the default for eager and
+fast with a busy process this benchmark starts and stops. Results: results/bench/bench_deploy.json.
 """
 
 from __future__ import annotations
@@ -18,18 +18,24 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from policies.reference import ReferencePolicy, ReferencePolicyConfig
+from policies.bc import BCPolicy, PolicyConfig
 from toto_robot.deploy import LoopConfig, SafetyConfig, TimedObservation, run_episode
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
+from toto_robot.fast import token_agreement
 from toto_robot.model import Transformer, model_preset
+from toto_robot.results import run_context, write_record
 from toto_robot.synthetic import moving_squares
+from toto_robot.threads import competing_process, configure_threads, default_threads
 from toto_robot.tokenizer import Tokenizer, tokenizer_preset
 
 CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
+VARIANTS = {"eager": ("eager", "eager"), "fast": ("onnx", "static"), "fast_bf16": ("bf16", "bf16")}
+RATES = (10, 20, 50)
 
 
 class ReplayRobot:
@@ -52,21 +58,28 @@ class ReplayRobot:
         pass
 
 
-def build_policy(preset: str, n_cameras: int, window: int, mode: str) -> ReferencePolicy:
+def build_encoder(preset: str, window: int) -> TotoEncoder:
     torch.manual_seed(0)
     tok = Tokenizer(tokenizer_preset(preset))
     p = tok.cfg.tokens_per_frame
     model = Transformer(model_preset(preset, codebook_size=tok.vocab_size, tokens_per_frame=p,
                                      max_seq_len=2 + window * p))
-    stream = StreamingEncoder(TotoEncoder(tok, model), window=window, mode=mode)
-    return ReferencePolicy(stream, ReferencePolicyConfig(image_keys=list(CAMERAS[:n_cameras]), state_keys=["state"]))
+    return TotoEncoder(tok, model)
 
 
-def inference_ms(policies: dict[str, ReferencePolicy], robot: ReplayRobot, window: int, probe: int
-                 ) -> dict[str, tuple[float, float]]:
-    """p50 / p99 of predict_action_chunk over `probe` steps after the window has filled, for each policy.
-    The policies take turns frame by frame, so a load spike from other processes hits them alike."""
+def build_policy(encoder: TotoEncoder, n_cameras: int, window: int, variant: str) -> BCPolicy:
+    tokenizer_backend, step_backend = VARIANTS[variant]
+    cfg = PolicyConfig(cameras=CAMERAS[:n_cameras], proprio_keys=("state",), proprio_dims=(9,), action_dim=7,
+                       image_size=encoder.image_size, encoder_window=window,
+                       tokenizer_config=asdict(encoder.tokenizer.cfg), model_config=encoder.cfg.to_dict(),
+                       tokenizer_backend=tokenizer_backend, step_backend=step_backend)
+    return BCPolicy(cfg, encoder=encoder).eval()  # same seed: the same head weights for every variant
+
+
+def inference_ms(policies: dict[str, BCPolicy], robot: ReplayRobot, window: int, probe: int) -> dict[str, dict]:
+    """p50 / p99 of predict_action_chunk over `probe` steps after the window has filled, and the first call."""
     times: dict[str, list[float]] = {name: [] for name in policies}
+    first: dict[str, float] = {}
     for policy in policies.values():
         policy.reset()
     for i in range(window + probe):
@@ -74,48 +87,116 @@ def inference_ms(policies: dict[str, ReferencePolicy], robot: ReplayRobot, windo
         for name, policy in policies.items():
             t = time.perf_counter()
             policy.predict_action_chunk(obs)
+            dt = time.perf_counter() - t
+            if i == 0:
+                first[name] = dt
             if i >= window:
-                times[name].append(time.perf_counter() - t)
-    return {name: tuple(float(v) for v in np.percentile(np.asarray(ts) * 1e3, [50, 99])) for name, ts in times.items()}
+                times[name].append(dt)
+    out = {}
+    for name, ts in times.items():
+        p50, p99 = (float(v) for v in np.percentile(np.asarray(ts) * 1e3, [50, 99]))
+        out[name] = {"p50_ms": p50, "p99_ms": p99, "warmup_s": max(0.0, first[name] - p50 / 1e3)}
+    return out
+
+
+def agreement(encoder: TotoEncoder, robot: ReplayRobot, n_cameras: int, window: int, variant: str) -> dict:
+    """The variant's streaming encoder against eager on the same frames: token agreement, features max abs diff."""
+    tokenizer_backend, step_backend = VARIANTS[variant]
+    eager = StreamingEncoder(encoder, window=window)
+    fast = StreamingEncoder(encoder, window=window, tokenizer_backend=tokenizer_backend, step_backend=step_backend)
+    frames = torch.from_numpy(robot.frames[:n_cameras, : 2 * window])
+    agree, diff = [], 0.0
+    for t in range(frames.shape[1]):
+        a, b = eager.step(frames[:, t]), fast.step(frames[:, t])
+        agree.append(token_agreement(b.tokens, a.tokens))
+        diff = max(diff, float((b.features - a.features).abs().max()))
+    return {"token_agreement": float(np.mean(agree)), "features_max_abs_diff": diff,
+            "tokenizer_backend_used": fast.tokenizer.backend}
+
+
+def budget(p50: float, p99: float) -> str:
+    return "  ".join(f"{hz}Hz {'ok' if p99 <= 1e3 / hz else ('p50' if p50 <= 1e3 / hz else 'over')}"
+                     f"({p50 / (1e3 / hz):.0%})" for hz in RATES)
+
+
+def thread_section(encoder_by_preset: dict[str, TotoEncoder], window: int, probe: int) -> dict:
+    """Eager and fast p50 with threads 1, 2 and the default while a busy process runs (started and stopped here)."""
+    counts = sorted({1, 2, default_threads()})
+    out = {}
+    with competing_process() as pid:
+        print(f"\nthreads under a competing busy process (pid {pid}), 1 camera, default = {default_threads()}:")
+        for preset, encoder in encoder_by_preset.items():
+            for n in counts:
+                configure_threads(n)
+                policies = {v: build_policy(encoder, 1, window, v) for v in ("eager", "fast")}
+                res = inference_ms(policies, ReplayRobot(1, encoder.image_size), window, probe)
+                out[f"{preset}/threads={n}"] = res
+                print(f"  {preset:6} threads {n}: eager p50 {res['eager']['p50_ms']:7.1f} ms, "
+                      f"fast p50 {res['fast']['p50_ms']:7.1f} ms")
+            d = out[f"{preset}/threads={default_threads()}"]["fast"]["p50_ms"]
+            best = min(out[f"{preset}/threads={n}"]["fast"]["p50_ms"] for n in counts)
+            print(f"  {preset:6} default / best thread count (fast): {d / best:.2f}x")
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
-    ap.add_argument("--rate", type=float, default=10.0, help="control rate, Hz")
-    ap.add_argument("--steps", type=int, default=40, help="ticks per configuration")
+    ap.add_argument("--rate", type=float, default=10.0, help="control rate of the loop runs, Hz")
+    ap.add_argument("--steps", type=int, default=30, help="ticks per loop run")
     ap.add_argument("--window", type=int, default=8, help="streaming window, frames")
     ap.add_argument("--probe", type=int, default=8, help="synchronous inference steps timed after the window fills")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the thread policy's)")
+    ap.add_argument("--no-threads-section", action="store_true", help="skip threads 1 vs 2 under load")
+    ap.add_argument("--out", default="results/bench/bench_deploy.json")
     args = ap.parse_args()
-    # holds for missing actions are expected when inference is slower than the chunk lasts
-    logging.getLogger("toto_robot.deploy").setLevel(logging.ERROR)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    logging.getLogger("toto_robot.deploy").setLevel(logging.ERROR)  # holds are expected when inference is slow
+    threads = configure_threads(args.threads)
+    context = run_context()
     loop = LoopConfig(rate_hz=args.rate, n_steps=args.steps, max_hold_s=60.0)
     safety = SafetyConfig(max_delta=None)
-    print(f"loop {args.rate:g} Hz, {args.steps} ticks, window {args.window} frames, {torch.get_num_threads()} threads")
-    header = (f"{'encoder':7} {'cams':>4} {'mode':9} | {'infer p50':>9} {'p99':>7} | {'step p50':>8} {'p99':>6} | "
-              f"{'rate Hz':>7} {'/target':>7} | {'dropped/chunk':>13}")
+    print(f"BCPolicy (toto, attentive read-out, mlp head), window {args.window} frames, {threads} threads, "
+          f"load average {context['load_average_1min']:.1f} on {context['cpu_count']} cores")
+    header = (f"{'encoder':7} {'cams':>4} {'variant':9} | {'p50':>7} {'p99':>7} | {'warm-up':>7} | {'loop p50':>8} "
+              f"{'rate':>6} | frame budget (p50 share)")
     print(header)
     print("-" * len(header))
-    p50 = {}
+    records, encoders, summary = {}, {}, []
     for preset in args.presets:
+        encoders[preset] = encoder = build_encoder(preset, args.window)
         for n_cameras in (1, 2):
-            policies = {mode: build_policy(preset, n_cameras, args.window, mode) for mode in ("cached", "recompute")}
-            robot = ReplayRobot(n_cameras, policies["cached"].encoder.image_size)
+            policies = {v: build_policy(encoder, n_cameras, args.window, v) for v in VARIANTS}
+            robot = ReplayRobot(n_cameras, encoder.image_size)
             sync = inference_ms(policies, robot, args.window, args.probe)
-            for mode, policy in policies.items():
-                (i50, i99), t = sync[mode], run_episode(robot, policy, loop, safety).timing
-                p50[preset, n_cameras, mode] = i50
-                print(f"{preset:7} {n_cameras:>4} {mode:9} | {i50:7.1f}ms {i99:5.1f}ms"
-                      f" | {t['step_p50_ms']:6.2f}ms {t['step_p99_ms']:4.1f}ms | {t['achieved_rate_hz']:7.2f} "
-                      f"{t['achieved_rate_hz'] / args.rate:7.2f} | {t['dropped_actions'] / max(t['chunks'], 1):13.2f}")
-    print()
-    for preset in args.presets:
+            for variant, policy in policies.items():
+                r = sync[variant]
+                t = run_episode(robot, policy, loop, safety).timing
+                r |= {"loop_step_p50_ms": t["step_p50_ms"], "loop_rate_hz": t["achieved_rate_hz"]}
+                if variant != "eager":
+                    r |= agreement(encoder, robot, n_cameras, args.window, variant)
+                records[f"{preset}/{n_cameras}cam/{variant}"] = r
+                print(f"{preset:7} {n_cameras:>4} {variant:9} | {r['p50_ms']:5.1f}ms {r['p99_ms']:5.1f}ms | "
+                      f"{r['warmup_s']:6.2f}s | {t['step_p50_ms']:6.2f}ms {t['achieved_rate_hz']:6.2f} | "
+                      f"{budget(r['p50_ms'], r['p99_ms'])}")
+        lines = {}
         for n_cameras in (1, 2):
-            ratio = p50[preset, n_cameras, "recompute"] / p50[preset, n_cameras, "cached"]
-            print(f"{preset}, {n_cameras} camera(s): inference p50 recompute / streaming = {ratio:.2f}x")
+            e, f, b = (records[f"{preset}/{n_cameras}cam/{v}"] for v in VARIANTS)
+            s = "camera" if n_cameras == 1 else "cameras"
+            lines["fast", n_cameras] = (f"{preset} {n_cameras} {s}: fast p50 {f['p50_ms']:.1f} ms, eager "
+                                        f"{e['p50_ms']:.1f} ms, speedup {e['p50_ms'] / f['p50_ms']:.2f}x")
+            lines["bf16", n_cameras] = (f"{preset} {n_cameras} {s}: fast_bf16 p50 {b['p50_ms']:.1f} ms, speedup "
+                                        f"{e['p50_ms'] / b['p50_ms']:.2f}x, token agreement "
+                                        f"{b['token_agreement']:.3f}, features max abs diff "
+                                        f"{b['features_max_abs_diff']:.2e}")
+        # the preset's last line: one camera on the fast path
+        for key in (("bf16", 1), ("bf16", 2), ("fast", 2), ("fast", 1)):
+            summary.append(lines[key])
+            print(lines[key])
+    thread_records = {} if args.no_threads_section else thread_section(encoders, args.window, args.probe)
+    configure_threads(threads)
+    path = write_record(args.out, {"figures": records, "threads_under_load": thread_records, "summary": summary,
+                                   "window": args.window, "probe_steps": args.probe}, context)
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -34,22 +34,28 @@ def store_schema(env_config: EnvConfig) -> dict[str, tuple[tuple[int, ...], str]
 
 
 def open_or_create(path: Path, env_config: EnvConfig, source: str, seed_start: int) -> TrajectoryStore:
+    """The collection store at `path`, created if missing (safe when several collectors start at once);
+    an existing one must hold the same keys and env settings."""
     env_attrs = {k: v for k, v in asdict(env_config).items() if k in _MATCHING_ENV_FIELDS}
     env_attrs["cameras"] = list(env_attrs["cameras"])
-    if not path.exists():
-        attrs = {
-            "env": env_attrs,
-            "fps": env_config.control_freq,
-            "source": source,
-            "instruction": TASKS[env_config.task].instruction,
-            "next_seed": seed_start,
-        }
-        return TrajectoryStore.create(path, store_schema(env_config), attrs)
-    store = TrajectoryStore.open(path, mode="a")
-    stored = store.attrs.get("env")  # a store not written here has no "env" attribute
-    if stored != env_attrs:
-        raise ValueError(f"{path} was collected with env settings {stored}, not {env_attrs}: use another output")
-    check_object_state(store, path)
+    attrs = {
+        "env": env_attrs,
+        "fps": env_config.control_freq,
+        "source": source,
+        "instruction": TASKS[env_config.task].instruction,
+        "next_seed": seed_start,
+    }
+
+    def check(store: TrajectoryStore) -> None:
+        stored = store.attrs.get("env")  # a store not written here has no "env" attribute
+        if stored != env_attrs:
+            raise ValueError(f"{path} was collected with env settings {stored}, not {env_attrs}: use another output")
+        check_object_state(store, path)
+
+    if path.exists():  # other settings or an older store: say so, rather than that the schemas differ
+        check(TrajectoryStore.open(path))
+    store = TrajectoryStore.open_or_create(path, store_schema(env_config), attrs)
+    check(store)
     return store
 
 

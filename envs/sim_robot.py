@@ -28,6 +28,7 @@ from lerobot.utils.errors import DeviceAlreadyConnectedError, DeviceNotConnected
 
 from envs.robosuite_env import RobosuiteEnv
 from toto_robot.shapes import ROBOSUITE_PANDA
+from toto_robot.typecheck import check_types
 
 SIM_ROBOT_TYPE = "toto_sim"
 # LeRobot-style scalar feature names of the contract's action and state keys (toto_robot/shapes.py), in order.
@@ -165,6 +166,7 @@ class FaultConfig:
     camera_timeout_s: float = 0.5  # a frame older than this raises TimeoutError (LeRobot cameras' max_age_ms)
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("camera_stall", "nan_state"):
             for r in getattr(self, name):
                 if len(r) != 2 or not 0 <= r[0] < r[1]:

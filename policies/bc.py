@@ -31,9 +31,10 @@ from torch import nn
 from policies.diffusion import DiffusionHead, DiffusionHeadConfig
 from policies.features import feature_key
 from policies.readouts import READOUTS, Readout
-from toto_robot.checkpoint import BC_POLICY, load_state_dict, read_checkpoint, read_config, save_checkpoint
+from toto_robot.checkpoint import BC_POLICY, TOTO, load_state_dict, read_checkpoint, save_checkpoint
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto
-from toto_robot.frames import as_frames
+from toto_robot.fast import STEP_BACKENDS, TOKENIZER_BACKENDS, check_backend
+from toto_robot.frames import as_frames, shift_frames
 from toto_robot.model import ModelConfig, Transformer
 from toto_robot.shapes import ROBOSUITE_PANDA, ShapeMeta
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
@@ -65,6 +66,13 @@ class PolicyConfig:
     n_queries: int = 4  # readout multiquery
     n_keypoints: int = 32  # readout spatial_softmax
     flatten_channels: int = 16  # readout flatten: channels kept per token
+    # Random-shift augmentation (DrQ; the crop randomizer of diffusion_policy's image policies):
+    # frames shifted by up to `shift_augment` pixels in training. The CNN shifts each training image on the fly;
+    # a frozen Toto backbone cannot, so its feature cache holds `augment_views` views of every frame (view 0
+    # unshifted, the others shifted at random) and training reads one view per sample.
+    shift_augment: int = 0
+    augment_views: int = 1
+    cache_dtype: str = "float32"  # the feature cache's dtype (float16 halves it; the read-out computes in float32)
     n_obs_steps: int = 1  # observations the mlp / diffusion head sees (the newest last)
     object_keys: tuple[str, ...] = ()  # privileged object-state keys (backbone state)
     object_dims: tuple[int, ...] = ()
@@ -73,6 +81,10 @@ class PolicyConfig:
     encoder_checkpoint: str | None = None
     encoder_layer: int | None = None
     encoder_window: int = 1  # frames of temporal context in the streaming encoder
+    # When acting: the streaming encoder's fast path (toto_robot/fast.py), e.g. "onnx" and "static"; "eager" is
+    # the reference. A runtime choice: BCPolicy.load(path, tokenizer_backend=..., step_backend=...) overrides it.
+    tokenizer_backend: str = "eager"
+    step_backend: str = "eager"
     tokenizer_config: dict | None = None  # copied from the encoder checkpoint so the policy is self-contained
     model_config: dict | None = None
     seed: int = 0
@@ -106,6 +118,20 @@ class PolicyConfig:
         if not 1 <= self.n_action_steps <= future:
             raise ValueError(f"PolicyConfig.n_action_steps: expected 1..chunk - n_obs_steps + 1 = {future}, "
                              f"got {self.n_action_steps}")
+        if self.shift_augment < 0 or self.augment_views < 1:
+            raise ValueError(f"PolicyConfig.shift_augment / augment_views: expected >= 0 / >= 1, got "
+                             f"{self.shift_augment} / {self.augment_views}")
+        frozen = self.backbone in ("toto", "toto_random")
+        if (self.augment_views > 1 and (self.shift_augment == 0 or not frozen)) or (
+                frozen and self.shift_augment > 0 and self.augment_views == 1):
+            raise ValueError(f"PolicyConfig.augment_views: a frozen Toto backbone shifts frames through its cached views "
+                             f"(augment_views > 1 with shift_augment > 0), the CNN on the fly (augment_views 1); "
+                             f"got augment_views={self.augment_views}, shift_augment={self.shift_augment}, "
+                             f"backbone={self.backbone!r}")
+        check_backend("PolicyConfig.tokenizer_backend", self.tokenizer_backend, TOKENIZER_BACKENDS)
+        check_backend("PolicyConfig.step_backend", self.step_backend, STEP_BACKENDS)
+        if self.cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"PolicyConfig.cache_dtype: expected 'float32' or 'float16', got {self.cache_dtype!r}")
         if self.backbone in ("toto", "toto_random") and (self.tokenizer_config is None or self.model_config is None):
             raise ValueError(f"PolicyConfig: backbone {self.backbone!r} needs the encoder's tokenizer_config and "
                              "model_config (use PolicyConfig.from_encoder)")
@@ -133,7 +159,7 @@ class PolicyConfig:
 
     @classmethod
     def from_encoder(cls, encoder_checkpoint: str | Path, **kw) -> PolicyConfig:
-        enc = read_config(encoder_checkpoint)
+        enc = read_checkpoint(encoder_checkpoint, TOTO)  # a tokenizer or policy checkpoint: its kind, named
         image_size = enc["tokenizer"]["image_size"]
         return cls(encoder_checkpoint=str(encoder_checkpoint), tokenizer_config=enc["tokenizer"],
                    model_config=enc["model"], image_size=image_size, **kw)
@@ -249,13 +275,29 @@ class BCPolicy(nn.Module):
             return self.cnn(as_frames(images[:, None], size_multiple=16)[:, 0].to(self._device))
         return self.encoder(images[:, None]).features[:, 0]
 
+    def _shift(self, images: torch.Tensor) -> torch.Tensor:
+        """Training images (B, H, W, 3) uint8, each shifted at random by up to cfg.shift_augment pixels (the CNN's
+        augmentation; the same function shifts the frames of the Toto feature cache's views)."""
+        pad = self.cfg.shift_augment
+        if not self.training or pad == 0:
+            return images
+        shifts = torch.randint(-pad, pad + 1, (len(images), 2)).numpy()
+        return torch.from_numpy(shift_frames(np.asarray(images.cpu()), shifts, pad))
+
     def _step_inputs(self, batch: dict[str, torch.Tensor], t: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per camera (B, N, C) features and the normalized low-dim vector (B, L) of window step t."""
         cams = []
         for c in self.cfg.cameras:
             fk = feature_key(c)
-            feats = batch[fk][:, t].float() if fk in batch else self.encode_images(batch[c][:, t])
-            cams.append(feats.to(self._device))
+            if fk in batch:
+                feats = batch[fk][:, t]
+                if feats.dim() == 4:  # (B, views, N, C): the cache's views of each frame, view 0 unshifted
+                    views = (torch.randint(feats.shape[1], (len(feats),)) if self.training
+                             else torch.zeros(len(feats), dtype=torch.long))
+                    feats = feats[torch.arange(len(feats)), views]
+            else:
+                feats = self.encode_images(self._shift(batch[c][:, t]))
+            cams.append(feats.float().to(self._device))
         low = torch.cat([batch[k][:, t].reshape(batch[k].shape[0], -1).float() for k in self.cfg.low_dim_keys], -1)
         return cams, (low.to(self._device) - self.proprio_mean) / self.proprio_std
 
@@ -322,7 +364,9 @@ class BCPolicy(nn.Module):
             feats = self.encode_images(frames)
         else:
             if self._stream is None:
-                self._stream = StreamingEncoder(self.encoder, window=self.cfg.encoder_window)
+                self._stream = StreamingEncoder(self.encoder, window=self.cfg.encoder_window,
+                                                tokenizer_backend=self.cfg.tokenizer_backend,
+                                                step_backend=self.cfg.step_backend)
             feats = self._stream.step(frames).features[:, 0]
         return [f[None] for f in feats]
 
@@ -410,11 +454,15 @@ class BCPolicy(nn.Module):
         return save_checkpoint(path, BC_POLICY, {"policy": asdict(self.cfg), **(extra or {})}, {"policy": state})
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> BCPolicy:
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", tokenizer_backend: str | None = None,
+             step_backend: str | None = None) -> BCPolicy:
         """Rebuild a policy from its checkpoint alone: the architecture from config.json, every weight (the
-        encoder's included) from policy.safetensors; the encoder checkpoint it names is not needed."""
+        encoder's included) from policy.safetensors; the encoder checkpoint it names is not needed.
+        `tokenizer_backend` / `step_backend`, when given, replace the saved fast-path choice (toto_robot/fast.py).
+        """
         config = read_checkpoint(path, BC_POLICY)
-        cfg = PolicyConfig(**config["policy"])
+        runtime = {"tokenizer_backend": tokenizer_backend, "step_backend": step_backend}
+        cfg = PolicyConfig(**{**config["policy"], **{k: v for k, v in runtime.items() if v is not None}})
         encoder = _build_encoder(cfg, pretrained=False) if cfg.backbone in ("toto", "toto_random") else None
         policy = cls(cfg, encoder=encoder)
         policy.load_state_dict(load_state_dict(path, "policy"))

@@ -7,9 +7,9 @@ frozen features of one camera, on held-out episodes, and report R² per layer an
 - `flat`: ridge regression on the whole flattened token grid (position kept by construction);
 - `attentive` / `attentive_pos` / `spatial_softmax`: the policy's own read-outs (`policies/readouts.py`)
   trained with a linear layer on top (AdamW, cosine, a few hundred steps), the same modules BC trains.
-Features come from one streaming pass per episode with every layer at once (`StreamingEncoder.step(...,
-all_layers=True)`), the way the policy's feature cache computes them; layer 0 is the token embedding table
-alone (the tokenizer's codes, no transformer block).
+Features come from one streaming pass per episode with every layer at once (the probes' shared extraction,
+`toto_robot.probes.features.all_layer_features` with the streaming window), the way the policy's feature
+cache computes them; layer 0 is the token embedding table alone (the tokenizer's codes, no transformer block).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from policies.readouts import Readout
-from toto_robot.encoder import StreamingEncoder, TotoEncoder
+from toto_robot.encoder import TotoEncoder
+from toto_robot.probes.features import all_layer_features
 from toto_robot.sampler import split_episodes
 from toto_robot.schedules import warmup_cosine
 from toto_robot.store import TrajectoryStore
@@ -70,20 +71,15 @@ def episode_features(encoder: TotoEncoder, store: TrajectoryStore, episodes, cfg
                      progress: bool = True) -> tuple[torch.Tensor, dict[str, np.ndarray], np.ndarray]:
     """Every layer's features of `cfg.camera` at every stride-th step: (L+1, N, P, C) float16 (memory), the
     targets (N, 3) each, and the episode index of each row."""
-    stream = StreamingEncoder(encoder, window=cfg.window)
     feats, targets, owner = [], {k: [] for k in TARGETS}, []
     for i in tqdm(episodes, desc="probe features", disable=not progress):
         ep = store.episode(int(i), [cfg.camera, "object_pos", "robot0_eef_pos"])
-        stream.reset()
-        frames = torch.from_numpy(ep[cfg.camera])
-        for t in range(len(frames)):
-            out = stream.step(frames[t: t + 1], all_layers=True)
-            if t % cfg.stride == 0:
-                feats.append(out.layers[:, 0, 0].half())  # (L+1, P, C)
-                owner.append(int(i))
+        layers = all_layer_features(encoder, ep[cfg.camera][None], window=cfg.window)  # (L+1, 1, T, P, C)
+        feats.append(layers[:, 0, :: cfg.stride])  # (L+1, T', P, C)
+        owner += [int(i)] * feats[-1].shape[1]
         for k, v in targets_of(ep).items():
             targets[k].append(v[:: cfg.stride])
-    return torch.stack(feats, dim=1), {k: np.concatenate(v) for k, v in targets.items()}, np.asarray(owner)
+    return torch.cat(feats, dim=1), {k: np.concatenate(v) for k, v in targets.items()}, np.asarray(owner)
 
 
 def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> np.ndarray:

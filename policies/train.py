@@ -53,7 +53,9 @@ def datasets(policy: BCPolicy, store_path: str | Path, val_ratio: float, seed: i
         raise ValueError(f"store {store_path}: expected the policy's observation keys {list(cfg.obs_keys)}, "
                          f"missing {missing} (it has {list(store.keys)})")
     if policy.encoder is not None:
-        source = feature_store(store_path, policy.encoder, cfg.cameras, cfg.encoder_window, progress=progress)
+        source = feature_store(store_path, policy.encoder, cfg.cameras, cfg.encoder_window, progress=progress,
+                               views=cfg.augment_views, shift=cfg.shift_augment if cfg.augment_views > 1 else 0,
+                               dtype=cfg.cache_dtype)
         obs_keys = [feature_key(c) for c in cfg.cameras]
     else:
         source, obs_keys = store_path, list(cfg.cameras)
@@ -87,17 +89,24 @@ def validation_loss(policy: BCPolicy, ds) -> float | None:
 def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir: str | Path,
              evaluate: Callable[[BCPolicy, int], dict] | None = None, progress: bool = True) -> dict:
     """Train `policy` on the store; `evaluate(policy, step) -> {"success_rate": ...}` runs rollouts.
-    Writes out_dir/{best,last} checkpoints, out_dir/tb (TensorBoard) and out_dir/history.json."""
+    Writes out_dir/{best,last} checkpoints, out_dir/tb (TensorBoard) and out_dir/history.json.
+
+    Raises ValueError before writing anything if the store holds NaN or infinity (naming the key and
+    episode), and stops with one if the loss stops being finite."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     store = TrajectoryStore.open(store_path)
     try:
         stats = store.stats
     except (KeyError, ValueError):  # missing or older than the episodes: compute and save them
+        stats = None
+    if stats is None or not all(np.isfinite(v).all() for d in stats.values() for v in d.values()):
+        # compute_stats reads every step of every key and names any non-finite value's key and episode
+        # (saved statistics holding NaN come from a store written before that check)
         stats = TrajectoryStore.open(store_path, mode="a").compute_stats()
     policy.set_stats(stats)
     train_ds, val_ds = datasets(policy, store_path, cfg.val_ratio, cfg.seed, progress)
+    out.mkdir(parents=True, exist_ok=True)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.warmup, cfg.steps))
@@ -115,6 +124,11 @@ def train_bc(policy: BCPolicy, store_path: str | Path, cfg: TrainConfig, out_dir
             it = iter(loader)
             batch = next(it)
         loss, metrics = policy(batch)
+        if not torch.isfinite(loss):  # before the step: the weights stay finite, nothing NaN is saved
+            bad = [k for k, v in batch.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            raise ValueError(f"bc training on {store_path}: the loss is {loss.item()} at step {step}; "
+                             + (f"non-finite inputs in {bad}" if bad else "the inputs are finite: lower the "
+                                "learning rate"))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from toto_robot.frames import preprocess_frame, preprocess_frames
+from toto_robot.typecheck import check_value
 from toto_robot.video import write_mp4
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,11 @@ def build_sources(data: dict) -> list[Source]:
     sources = data.get("sources") or {}
     if not sources:
         raise SourceError("data.sources: expected at least one source, got none")
-    return [build_source(name, node, int(data["resolution"]), int(data["clip_frames"]), int(data["frame_stride"]))
+    for key in ("resolution", "clip_frames", "frame_stride"):
+        check_value(f"data.{key}", data[key], int)
+        if data[key] < 1:
+            raise SourceError(f"data.{key}: expected a positive integer, found {data[key]}")
+    return [build_source(name, node, data["resolution"], data["clip_frames"], data["frame_stride"])
             for name, node in sources.items()]
 
 

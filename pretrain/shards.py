@@ -3,13 +3,16 @@
 Layout (a Zarr group)::
 
     tokens.zarr/
-      <source>/ids       (N, T, h, w) uint16 (int32 for vocabularies over 65536), chunked by clips
+      <source>/ids       (N, T, h, w) uint16 (int32 for vocabularies over 65536), chunked by clips,
+                         zstd + a CRC32C checksum per chunk
       zarr.json          attributes: format, tokenizer config and checkpoint, resolution, clip sampling
       progress.json      per source: committed clip count, finished items, skipped items, complete flag
 
 Writing is resumable: an item's clips are appended, then `progress.json` is replaced atomically
 (write + rename). A writer killed at any point leaves a prefix of finished items; the next run
-truncates each array to its committed count and continues with the first unfinished item.
+truncates each array to its committed count and continues with the first unfinished item. One writer
+at a time: a run holds the trajectory store's lock (`tokens.zarr.lock`, naming its PID), and a new
+directory is built aside and renamed into place, as `TrajectoryStore` does.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.codecs
+import zarr.errors
 from tqdm.auto import tqdm
 
 from pretrain.data import SkipLog, Source, SourceError, item_clips
 from toto_robot.atomic import atomic_write_text
 from toto_robot.checkpoint import load_tokenizer, save_tokenizer  # noqa: F401  (re-exported for their callers)
+from toto_robot.store import build_aside, checksummed, store_lock
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger(__name__)
@@ -44,13 +50,26 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
     """Encode every clip of every source into `out`; resumes a previous run with the same settings.
     Returns a summary: clips and tokens per source, skipped items."""
     out = Path(out)
+    with store_lock(out):  # progress.json is one file: a second writer waits, then names this one
+        return _tokenize_sources(sources, tokenizer, out, tokenizer_path=tokenizer_path, batch_clips=batch_clips,
+                                 strict=strict, progress=progress)
+
+
+def _tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: Path, *, tokenizer_path: str,
+                      batch_clips: int, strict: bool, progress: bool) -> dict:
     first = sources[0]
     grid = first.size // tokenizer.cfg.downsample
     settings = {"format": FORMAT_NAME, "tokenizer": asdict(tokenizer.cfg), "tokenizer_checkpoint": str(tokenizer_path),
                 "resolution": first.size, "clip_frames": first.clip_frames, "frame_stride": first.stride,
                 "grid": grid, "vocab_size": tokenizer.vocab_size}
     settings = json.loads(json.dumps(settings))
-    root = zarr.open_group(out, mode="a")
+    if not out.exists() or not any(out.iterdir()):
+        build_aside(out, lambda tmp: zarr.open_group(tmp, mode="w", zarr_format=3).attrs.update(settings))
+    try:
+        root = zarr.open_group(out, mode="r+")
+    except zarr.errors.NodeNotFoundError:
+        raise ValueError(f"token shards {out}: expected a directory written by toto-tokenize, found a folder that "
+                         "is not a Zarr group; write to a new directory") from None
     if root.attrs.get("format") is None:
         root.attrs.update(settings)
     elif dict(root.attrs) != settings:
@@ -73,7 +92,8 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
                 ids.resize((state["n_clips"], *shape))
         else:
             ids = root.create_group(src.name).create_array(
-                "ids", shape=(0, *shape), chunks=(CHUNK_CLIPS, *shape), dtype=dtype)
+                "ids", shape=(0, *shape), chunks=(CHUNK_CLIPS, *shape), dtype=dtype,
+                **checksummed(3, zarr.codecs.ZstdCodec(level=0)))  # zarr's default compressor, plus a checksum
         items = src.items()
         skips = SkipLog()
         bar = tqdm(total=len(items), initial=state["done"], desc=f"tokenize {src.name}", disable=not progress)

@@ -19,6 +19,7 @@ from pretrain.shards import save_tokenizer
 from toto_robot.image_metrics import psnr_uint8
 from toto_robot.metrics_log import MetricsLog
 from toto_robot.report import save_reconstructions
+from toto_robot.schedules import warmup_cosine
 from toto_robot.tokenizer import Tokenizer, TokenizerConfig, codebook_usage
 
 
@@ -46,7 +47,14 @@ def train_tokenizer(sources: list[Source], tok_cfg: TokenizerConfig, out: str | 
                     batch_size: int = 16, lr: float = 2e-3, seed: int = 0, buffer_frames: int = 1024,
                     clips_per_step: int = 1, log_every: int = 20, strict: bool = False,
                     progress: bool = True) -> dict:
-    """Train a tokenizer on the mixture of `sources`; checkpoint in `out/checkpoint`. Returns metrics."""
+    """Train a tokenizer on the mixture of `sources`; checkpoint in `out/checkpoint`. Returns metrics.
+    The learning rate warms up over the first 5% of the steps (at least one), then decays on a cosine."""
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("buffer_frames", buffer_frames),
+                        ("clips_per_step", clips_per_step), ("log_every", log_every)):
+        if value < 1:
+            raise ValueError(f"tokenizer_train.{name}: expected a positive integer, found {value}")
+    if not lr > 0:
+        raise ValueError(f"tokenizer_train.lr: expected a learning rate > 0, found {lr}")
     if sources[0].size % tok_cfg.downsample:
         raise ValueError(f"data.resolution: expected a multiple of the tokenizer's downsampling "
                          f"{tok_cfg.downsample}, got {sources[0].size}")
@@ -60,7 +68,8 @@ def train_tokenizer(sources: list[Source], tok_cfg: TokenizerConfig, out: str | 
         buffer.add(next(mixture)[1])
     tok = Tokenizer(tok_cfg)
     opt = torch.optim.AdamW(tok.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    warmup = max(1, round(0.05 * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps))
     tok.train()
     rows = []
     with MetricsLog(out, prefix="tokenizer/") as log:

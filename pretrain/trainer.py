@@ -33,6 +33,7 @@ from toto_robot.checkpoint import (
     CONFIG_FILE,
     TOTO,
     TrainState,
+    clean_leftovers,
     load_state_dict,
     load_tokenizer,
     load_train_state,
@@ -44,6 +45,7 @@ from toto_robot.metrics_log import MetricsLog
 from toto_robot.model import ModelConfig, Transformer, clip_to_sequence
 from toto_robot.parallel import STRATEGIES, autocast, init_distributed, parallelize
 from toto_robot.schedules import warmup_cosine
+from toto_robot.typecheck import check_types
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self):
+        check_types(self)
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every", "eval_clips"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, got {getattr(self, name)}")
@@ -220,7 +223,12 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
 
     start = 0
     ckpt = out / CHECKPOINT
+    if rank == 0:
+        clean_leftovers(ckpt)  # what a save that was killed left beside the checkpoint
+    if world > 1:
+        dist.barrier()
     if cfg.resume and (ckpt / CONFIG_FILE).is_file():
+        _check_same_model(ckpt, mcfg)
         start = _restore(load_train_state(ckpt), model_p, opt, sched, rank, world)
         if rank == 0:
             print(f"resuming from {ckpt} at step {start}")
@@ -318,6 +326,17 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     if rank == 0:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _check_same_model(ckpt: Path, mcfg: ModelConfig) -> None:
+    """Resuming continues the checkpoint's model: refuse, naming both, a run configured with another one."""
+    saved = read_checkpoint(ckpt, TOTO)["model"]
+    ours = mcfg.to_dict()
+    differ = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+    if differ:
+        raise ValueError(f"checkpoint at {ckpt} was trained with model config "
+                         f"{ {k: saved.get(k) for k in differ} }, this run has { {k: ours.get(k) for k in differ} }; "
+                         "resume with the same model, or use another out_dir or train.resume=false")
 
 
 def _restore(state: TrainState, model_p, opt, sched, rank: int, world: int) -> int:

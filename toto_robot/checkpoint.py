@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from toto_robot.model import ModelConfig, Transformer
@@ -64,6 +65,7 @@ def save_checkpoint(path: str | os.PathLike, kind: str, config: dict,
         raise ValueError(f"checkpoint config: keys {reserved} are written by save_checkpoint, remove them")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         for name, sd in state_dicts.items():
@@ -90,13 +92,36 @@ def save_checkpoint(path: str | os.PathLike, kind: str, config: dict,
     return path
 
 
+def clean_leftovers(path: str | os.PathLike) -> None:
+    """Remove what saves of the checkpoint `path` that were killed left beside it: `.<name>.tmp-*` (a
+    directory being written) and `.<name>.old-*` (the previous checkpoint during the swap; when the kill
+    came between the two renames, it is the latest complete checkpoint and goes back into place)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, path)
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def read_config(path: str | os.PathLike) -> dict:
     """config.json of a checkpoint of any kind, once its version is checked."""
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
         raise FileNotFoundError(f"checkpoint {path}: expected {cfg_file}, found no such file")
-    config = json.loads(cfg_file.read_text())
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"checkpoint {path}: expected JSON in {cfg_file}, found a file that does not parse "
+                         f"({exc}); a cut copy?") from exc
+    if not isinstance(config, dict):
+        raise ValueError(  # noqa: TRY004  (bad input, exit status 2, not a bug)
+            f"checkpoint {path}: expected a JSON object in {cfg_file}, found {type(config).__name__}")
     version = config.get("version", UNVERSIONED)  # no field: written before it existed
     if version != CHECKPOINT_VERSION:
         raise ValueError(f"checkpoint {path} was saved by checkpoint version {version}; "
@@ -120,8 +145,12 @@ def load_state_dict(path: str | os.PathLike, name: str, device: str | torch.devi
     f = Path(path) / f"{name}.safetensors"
     if not f.is_file():
         have = sorted(p.name for p in Path(path).glob("*.safetensors"))
-        raise FileNotFoundError(f"checkpoint: expected {f.name} in {path}, found {have}")
-    return load_file(f, device=str(device))
+        raise FileNotFoundError(f"checkpoint {path}: expected {f.name}, found {have or 'no .safetensors files'}")
+    try:
+        return load_file(f, device=str(device))
+    except SafetensorError as exc:  # a cut or overwritten file
+        raise ValueError(f"checkpoint {path}: expected a complete safetensors file at {f}, found one that does "
+                         f"not read ({exc}); a cut copy?") from exc
 
 
 # ---------------------------------------------------------------- tokenizer and Toto checkpoints

@@ -18,6 +18,9 @@ forward over the same frames. Once it slides, the cached keys of older frames ca
 frames that have since left the window (as in every sliding-window cache), so the exact reference is
 `toto_robot.model.windowed_hidden_states`, the same attention pattern computed layer by layer over the
 whole history. `StreamingEncoder(mode="recompute")` instead re-encodes the window from scratch each step.
+
+The per-step work runs on the backends `tokenizer_backend` and `step_backend` choose (toto_robot/fast.py):
+"eager" for both is the reference; the others are the deployment fast path, checked against it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from torch import nn
 
 from toto_robot.checkpoint import load_toto, save_toto  # noqa: F401  (save_toto: re-exported for its callers)
+from toto_robot.fast import STEP_BACKENDS, FastTokenizer, check_backend
 from toto_robot.frames import as_frames
 from toto_robot.model import ModelConfig, SinkWindowCache, Transformer, clip_to_sequence
 from toto_robot.parallel import autocast
@@ -168,20 +172,39 @@ class StreamingEncoder:
     mode="recompute": re-encodes the window's tokens from scratch each step (exact window-only features).
     `step(frame, all_layers=True)` also returns every kept block's output for the frame; in cached mode the
     choice holds from the first step after `reset` (the cache has as many layers as that step ran).
+    `tokenizer_backend` / `step_backend` (toto_robot/fast.py) pick the fast path; a step backend other than
+    "eager" needs mode="cached" (it is the cache it makes static).
     """
 
-    def __init__(self, encoder: TotoEncoder, window: int = 16, mode: str = "cached"):
+    def __init__(self, encoder: TotoEncoder, window: int = 16, mode: str = "cached", tokenizer_backend: str = "eager",
+                 step_backend: str = "eager"):
         if not 1 <= window <= encoder.cfg.max_frames:
             raise ValueError(f"window: expected 1..{encoder.cfg.max_frames} frames (the context allows), got {window}")
         if mode not in STREAM_MODES:
             raise ValueError(f"mode: expected one of {STREAM_MODES}, got {mode!r}")
-        self.encoder, self.window, self.mode = encoder, window, mode
+        check_backend("step_backend", step_backend, STEP_BACKENDS)
+        if mode == "recompute" and step_backend != "eager":
+            raise ValueError(f"step_backend: mode 'recompute' has no cache to make static, expected 'eager', "
+                             f"got {step_backend!r}")
+        self.encoder, self.window, self.mode, self.step_backend = encoder, window, mode, step_backend
+        self.tokenizer = FastTokenizer(encoder.tokenizer, tokenizer_backend)
+        self.cache = SinkWindowCache(encoder.cfg, window, static=step_backend != "eager")
+        self._frame_states = self._cached_frame
+        if step_backend == "compile":  # the cache's Python bookkeeping (begin) stays eager, the blocks compile
+            self.cache.begin = torch.compiler.disable(self.cache.begin)
+            self._frame_states = torch.compile(self._cached_frame, dynamic=False)
         self.reset()
 
     def reset(self) -> None:
         self.t = 0  # frames seen since reset
-        self.cache = SinkWindowCache(self.encoder.cfg, self.window)  # cached mode
+        self.cache.reset()  # cached mode
         self._recent_ids: list[torch.Tensor] = []  # recompute mode: the window's token grids
+
+    def _step_autocast(self):
+        """bf16 autocast for the transformer step with step_backend="bf16" (also on CPU), else the encoder's."""
+        if self.step_backend == "bf16":
+            return torch.autocast(self.encoder.device.type, dtype=torch.bfloat16)
+        return self.encoder.autocast()
 
     def _check_frame(self, frame) -> torch.Tensor:
         if getattr(frame, "ndim", None) != 4:
@@ -201,7 +224,8 @@ class StreamingEncoder:
             raise ValueError(f"all_layers: expected {not all_layers} as at the first step since reset (the cache "
                              f"holds {self.cache.n_layers} layers, this step needs {n}), got {all_layers}")
         with enc.autocast():
-            ids = enc.tokenizer.encode(frame)  # (B, 1, h, w)
+            ids = self.tokenizer.encode(frame)  # (B, 1, h, w)
+        with self._step_autocast():
             step = self._step_cached if self.mode == "cached" else self._step_recompute
             states = step(ids, n, all_layers).float()  # (B, P, C), or (n+1, B, P, C) with all_layers
         self.t += 1
@@ -221,4 +245,8 @@ class StreamingEncoder:
             start = torch.full((ids.shape[0], 1), model.cfg.special_id("video_start"), dtype=torch.long,
                                device=ids.device)
             model.hidden_states(start, n, cache=self.cache)
-        return model.hidden_states(ids.flatten(1), n, cache=self.cache, all_layers=all_layers)
+        return self._frame_states(ids.flatten(1), n, all_layers)
+
+    def _cached_frame(self, ids: torch.Tensor, n: int, all_layers: bool) -> torch.Tensor:
+        """One frame's ids (B, P) through the cache: (B, P, C), or (n+1, B, P, C) with all_layers."""
+        return self.encoder.model.hidden_states(ids, n, cache=self.cache, all_layers=all_layers)

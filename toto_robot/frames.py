@@ -69,6 +69,29 @@ def preprocess_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return out.reshape(*frames.shape[:-3], size, size, 3)
 
 
+def shift_frames(frames: np.ndarray, shifts: np.ndarray, pad: int) -> np.ndarray:
+    """Random-shift augmentation (DrQ's pad-and-crop, the crop randomizer of diffusion_policy's image
+    policies): (N, H, W, 3) uint8 frames, each padded by `pad` pixels with its edge pixels and cropped back
+    to (H, W) at offset shifts[i] = (dy, dx) in [-pad, pad] from the centre. A zero shift returns the frame.
+
+    Written here rather than taken from torchvision (not a dependency) so that the feature cache (numpy,
+    frames of a store) and the end-to-end CNN (a training batch) shift frames with one function."""
+    frames, shifts = np.asarray(frames), np.asarray(shifts)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames: expected (N, H, W, 3) uint8, got {frames.dtype} {frames.shape}")
+    if shifts.shape != (len(frames), 2):
+        raise ValueError(f"shifts: expected shape ({len(frames)}, 2) (dy, dx per frame), got {shifts.shape}")
+    if pad < 0 or np.abs(shifts).max(initial=0) > pad:
+        raise ValueError(f"shifts: expected offsets within [-pad, pad] = [-{pad}, {pad}], got max "
+                         f"{np.abs(shifts).max(initial=0)}")
+    h, w = frames.shape[1:3]
+    padded = np.pad(frames, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")  # (N, H + 2p, W + 2p, 3)
+    out = np.empty_like(frames)
+    for i, (dy, dx) in enumerate(shifts):
+        out[i] = padded[i, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+    return out
+
+
 def _check_size(size: int) -> None:
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
         raise ValueError(f"size: expected a positive integer, got {size!r}")

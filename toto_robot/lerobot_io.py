@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,14 @@ def store_key_name(feature: str) -> str:
             feature = feature[len(prefix) :]
             break
     return feature.replace(".", "_")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, or a ValueError naming it when it does not parse (a cut copy, say)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: expected JSON, found a file that does not parse ({exc})") from exc
 
 
 def _load_lerobot():
@@ -95,6 +104,20 @@ def export_lerobot(
         raise ValueError(f"{store.path} has no episodes to export")
 
     LeRobotDataset, _ = _load_lerobot()
+    # Written beside out_dir and renamed into place: a failed export leaves nothing under out_dir's name.
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_lerobot(LeRobotDataset, store, tmp, repo_id or f"local/{out_dir.name}", fps, use_videos, progress)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_lerobot(LeRobotDataset, store: TrajectoryStore, out_dir: Path, repo_id: str, fps: int,
+                   use_videos: bool, progress: bool) -> None:
     images = set(store.image_keys)
     names = {key: lerobot_feature_name(key, key in images) for key in store.keys}
     features = {}
@@ -106,7 +129,7 @@ def export_lerobot(
             features[names[key]] = {"dtype": dtype.name, "shape": shape, "names": None}
 
     dataset = LeRobotDataset.create(
-        repo_id or f"local/{out_dir.name}",
+        repo_id,
         fps=fps,
         features=features,
         root=out_dir,
@@ -126,7 +149,6 @@ def export_lerobot(
         "keys": names,
     }
     (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=1))
-    return out_dir
 
 
 def import_lerobot(
@@ -146,16 +168,22 @@ def import_lerobot(
     ``source`` names the dataset.
     """
     lerobot_dir = Path(lerobot_dir)
-    if not (lerobot_dir / "meta" / "info.json").is_file():
+    info_path = lerobot_dir / "meta" / "info.json"
+    if not info_path.is_file():
         raise FileNotFoundError(f"{lerobot_dir} is not a LeRobotDataset directory (no meta/info.json)")
+    info = read_json(info_path)
+    missing = [k for k in ("codebase_version", "features") if k not in info]
+    if missing:
+        raise ValueError(f"{info_path}: expected the LeRobotDataset keys {missing}, found only {sorted(info)}")
+    if info["codebase_version"] != "v3.0":
+        raise ValueError(f"{lerobot_dir} is LeRobotDataset {info['codebase_version']}; only v3.0 is supported")
+    if not (lerobot_dir / "data").is_dir():
+        raise FileNotFoundError(f"{lerobot_dir}: expected the frames in {lerobot_dir / 'data'} (parquet files), "
+                                "found no such directory")
     LeRobotDataset, decode_video_frames = _load_lerobot()
     repo_id = repo_id or f"local/{lerobot_dir.name}"
     dataset = LeRobotDataset(repo_id, root=lerobot_dir, video_backend=VIDEO_BACKEND)
     meta = dataset.meta
-    if meta.info.codebase_version != "v3.0":
-        raise ValueError(
-            f"{lerobot_dir} is LeRobotDataset {meta.info.codebase_version}; only v3.0 is supported"
-        )
 
     schema, keys = {}, {}
     for feature, spec in meta.features.items():
@@ -176,7 +204,7 @@ def import_lerobot(
         keys[key] = feature
 
     sidecar_path = lerobot_dir / SIDECAR
-    sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.is_file() else None
+    sidecar = read_json(sidecar_path) if sidecar_path.is_file() else None
     if sidecar is not None and len(sidecar["episodes"]) != meta.total_episodes:
         raise ValueError(
             f"{sidecar_path} describes {len(sidecar['episodes'])} episodes but the dataset has "
@@ -186,7 +214,17 @@ def import_lerobot(
     if sidecar is not None:
         attrs = sidecar["attrs"]
     store = TrajectoryStore.create(store_path, schema, attrs, zarr_format=zarr_format)
+    try:
+        _import_episodes(dataset, decode_video_frames, store, lerobot_dir, keys, schema, sidecar, repo_id, progress)
+    except BaseException:  # a failed import leaves no half-filled store behind
+        shutil.rmtree(store.path, ignore_errors=True)
+        raise
+    return store
 
+
+def _import_episodes(dataset, decode_video_frames, store: TrajectoryStore, lerobot_dir: Path, keys: dict,
+                     schema: dict, sidecar: dict | None, repo_id: str, progress: bool) -> None:
+    meta = dataset.meta
     frames = dataset.hf_dataset.with_format("numpy")
     for ep in tqdm(range(meta.total_episodes), desc="import episodes", disable=not progress):
         episode = meta.episodes[ep]
@@ -211,7 +249,6 @@ def import_lerobot(
             task = episode["tasks"][0] if len(episode["tasks"]) else ""
             episode_meta = {"task": str(task), "seed": None, "success": None, "source": f"lerobot:{repo_id}"}
         store.add_episode(data, episode_meta)
-    return store
 
 
 def _hwc(shape: tuple[int, ...], names: list[str] | None) -> tuple[int, int, int]:

@@ -179,15 +179,21 @@ class SinkWindowCache:
     window's first token. Rotary scores depend only on relative positions, so every score a query sees is
     the score it would see with the window laid out from position 0, however long the stream has run.
 
+    `static=True` keeps every tensor at one shape for the whole stream (for the fast path and torch.compile):
+    per layer one buffer (B, H, 1 + window*P, D) holds the sink at index 0 and the ring buffer after it, the
+    new frame is written in place at a tensor of indices, and one additive float mask (P, 1 + window*P) hides
+    the slots not yet filled (exp(-inf) = 0: the same attention as the growing cache, up to rounding) and makes
+    the frame's own slot causal. Nothing is concatenated or allocated per step.
+
     What it computes is sliding-window attention: every token, at every layer, attends to the sink and to
     the tokens of the last `window` frames. Until the window is full this is the plain causal forward over
     the same tokens; after it slides, `windowed_hidden_states` is the exact reference.
     """
 
-    def __init__(self, cfg: ModelConfig, window: int):
+    def __init__(self, cfg: ModelConfig, window: int, static: bool = False):
         if window < 1:
             raise ValueError(f"window: expected a positive number of frames, got {window}")
-        self.cfg, self.window = cfg, window
+        self.cfg, self.window, self.static = cfg, window, static
         self.reset()
 
     def reset(self) -> None:
@@ -199,6 +205,7 @@ class SinkWindowCache:
         self.values: list[torch.Tensor] = []
         self.started = False  # the start token has been written
         self._step: tuple | None = None  # what `update` needs for the tokens of the current call
+        self._mask: torch.Tensor | None = None  # static: additive mask (P, 1 + window*P), updated in place
 
     @property
     def n_layers(self) -> int:
@@ -225,7 +232,18 @@ class SinkWindowCache:
         first = torch.tensor([max(0, f - n + 1) * p], device=dev)  # just before the window's first token
         scos, ssin = rope_cos_sin(first, self.cfg.head_dim, self.cfg.rope_base)
         slot, filled = f % n, min(f + 1, n)
-        self._step = (slot, filled, _window_mask(p, filled, slot, dev), scos, ssin)
+        if self.static:
+            if self._mask is None:  # the sink is always visible, unfilled slots never
+                self._mask = torch.full((p, 1 + n * p), float("-inf"), device=dev)
+                self._mask[:, 0] = 0.0
+            if f > 0:  # the previous frame's slot: now wholly visible
+                prev = (f - 1) % n
+                self._mask[:, 1 + prev * p: 1 + (prev + 1) * p] = 0.0
+            causal = torch.full((p, p), float("-inf"), device=dev).triu(1)
+            self._mask[:, 1 + slot * p: 1 + (slot + 1) * p] = causal
+            self._step = (1 + slot * p + torch.arange(p, device=dev), scos, ssin)  # buffer indices of the frame
+        else:
+            self._step = (slot, filled, _window_mask(p, filled, slot, dev), scos, ssin)
         self.frames += 1
         return 1 + f * p + torch.arange(p, device=dev)
 
@@ -236,9 +254,21 @@ class SinkWindowCache:
             self.sink_keys.append(k)
             self.sink_values.append(v)
             b, h, _, d = k.shape
+            if self.static:  # index 0: the sink (its key re-rotated every step), then the ring buffer
+                self.keys.append(k.new_zeros(b, h, 1 + self.window * self.cfg.tokens_per_frame, d))
+                self.values.append(v.new_zeros(b, h, 1 + self.window * self.cfg.tokens_per_frame, d))
+                self.values[-1][:, :, :1] = v
+                return k, v, None
             self.keys.append(k.new_zeros(b, h, self.window * self.cfg.tokens_per_frame, d))
             self.values.append(v.new_zeros(b, h, self.window * self.cfg.tokens_per_frame, d))
             return k, v, None
+        if self.static:
+            index, scos, ssin = self._step
+            keys, values = self.keys[layer], self.values[layer]
+            keys[:, :, :1] = apply_rope(self.sink_keys[layer], scos, ssin)
+            keys.index_copy_(2, index, k)
+            values.index_copy_(2, index, v)
+            return keys, values, self._mask.to(k.dtype)  # (B, H, 1 + window*P, D), mask (P, 1 + window*P)
         slot, filled, mask, scos, ssin = self._step
         p = self.cfg.tokens_per_frame
         self.keys[layer][:, :, slot * p: (slot + 1) * p] = k

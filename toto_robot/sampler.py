@@ -129,7 +129,7 @@ class WindowDataset(torch.utils.data.Dataset):
         images = set(store.image_keys)
         for key in self.horizons:
             if self.in_memory == "all" or (self.in_memory == "low_dim" and key not in images):
-                self._memory[key] = store.array(key)[: self._n_steps]
+                self._memory[key] = store.read(key, 0, self._n_steps)
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -150,7 +150,7 @@ class WindowDataset(torch.utils.data.Dataset):
             else:
                 # One contiguous read of steps[0] .. steps[-1], then the padded gather.
                 lo, top = int(steps[0]), int(steps[-1]) + 1
-                value = self._store.array(key)[first + lo : first + top][steps - lo]
+                value = self._store.read(key, first + lo, first + top)[steps - lo]
             item[key] = torch.from_numpy(np.ascontiguousarray(value))
         return item
 

@@ -10,7 +10,10 @@ Layout (readable by diffusion_policy's ``ReplayBuffer`` and any zarr client)::
 
 Images are uint8 ``(T, H, W, 3)``; low-dimensional keys are float32 ``(T, D)``. Every array is
 compressed losslessly with Blosc zstd (images 4 frames to a chunk; codec and chunking chosen by
-``bench/bench_store.py``).
+``bench/bench_store.py``), and every chunk carries a 32-bit checksum (CRC32 in Zarr format 2,
+CRC32C in format 3), so a torn or flipped chunk file is an error naming the file, the key and the
+episode instead of silently wrong pixels. Stores written before checksums still read; ``verify``
+says which arrays have none.
 
 Atomic appends. ``add_episode`` writes the episode's arrays past the committed end, then
 ``meta/episode_ends``, then commits by rewriting the ``meta`` attributes, a single small file
@@ -18,8 +21,12 @@ that zarr's local store replaces atomically (write to a temporary file, then ren
 of episodes in that file is the only thing readers of this class trust: a writer killed at any
 point (even ``kill -9``) leaves every earlier episode intact and no partial episode visible,
 and the next writer repairs the tail (truncates the arrays and ``episode_ends`` to the last
-committed episode). Writers serialize on an advisory lock (``flock``) on the store directory, so
-several processes may append to the same store.
+committed episode). Writers serialize on an advisory lock (``flock``) on a sibling lock file
+(``demos.zarr.lock``, which records the holder's PID), so several processes may append to the same
+store; a wait for the lock warns after ``LOCK_WARN_S`` and gives up after ``lock_timeout`` seconds
+with an error naming the holder. Stores are created under that lock and built aside (in a hidden
+sibling directory, then renamed into place), so processes racing to create one path all get the
+same complete store (``open_or_create``) and a half-created store is never visible.
 
 Example::
 
@@ -34,6 +41,7 @@ Example::
     )
     store = TrajectoryStore.open("demos.zarr")          # read-only
     first = store.episode(0)                             # dict of numpy arrays
+    store = TrajectoryStore.open_or_create("demos.zarr", schema, attrs)  # safe under races
 """
 
 from __future__ import annotations
@@ -41,9 +49,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import glob
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +64,9 @@ import numcodecs
 import numpy as np
 import zarr
 import zarr.codecs
+import zarr.errors
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "toto-trajectory-store"
 FORMAT_VERSION = 1
@@ -63,7 +79,7 @@ EPISODE_META_TYPES: dict[str, tuple[type, ...]] = {
     "source": (str,),
 }
 
-ALLOWED_DTYPES = ("uint8", "float32", "float64", "int32", "int64", "bool")
+ALLOWED_DTYPES = ("uint8", "float16", "float32", "float64", "int32", "int64", "bool")
 
 # Steps per chunk (and per shard in format 3) when the caller does not choose. The sampler reads
 # images a few frames at a time: 4 frames per chunk compresses consecutive, similar frames together
@@ -79,6 +95,16 @@ EPISODE_ENDS_CHUNK = 4096
 # compresses rendered frames worse), numbers with bit-shuffle.
 BLOSC_CNAME = "zstd"
 BLOSC_CLEVEL = 5
+
+# Waiting for a store's lock: a warning naming the holder after LOCK_WARN_S, an error after the
+# timeout. The kernel drops a flock when its holder exits (even on kill -9), so only a stopped or
+# hung writer holds it long; appending one episode takes well under a second.
+LOCK_WARN_S = 10.0
+LOCK_TIMEOUT_S = 600.0
+
+# What a damaged chunk raises while decoding: numcodecs' Blosc and CRC32 raise RuntimeError, zarr's
+# CRC32C codec and a chunk of the wrong size raise ValueError.
+_DECODE_ERRORS = (RuntimeError, ValueError)
 
 
 def is_image_spec(shape: tuple[int, ...], dtype: np.dtype) -> bool:
@@ -96,6 +122,114 @@ def _compressor(zarr_format: int, dtype: np.dtype, image: bool):
         shuffle="noshuffle" if image else "bitshuffle",
         typesize=dtype.itemsize,
     )
+
+
+def checksummed(zarr_format: int, compressor) -> dict[str, Any]:
+    """``create_array`` keyword arguments: ``compressor`` plus a 32-bit checksum of every chunk.
+
+    Format 2 has no codec after the compressor, so the checksum is a filter before it: numcodecs'
+    ``CRC32`` (``{"id": "crc32"}``), which numcodecs has shipped since 0.0.0 with the same encoding
+    (4 little-endian bytes before the chunk), so zarr 2 with the numcodecs diffusion_policy pins
+    (0.10.2, 0.13.0 in its newer environment) reads these stores. Its ``location`` option (numcodecs
+    0.14+) is left at the default so the stored config stays one older versions accept. The price:
+    Blosc then sees bytes, so bit-shuffle of float32 keys works per byte (about 14% larger
+    low-dimensional chunks on smooth trajectories; images, unshuffled uint8, are unchanged).
+    Format 3 has zarr's CRC32C codec, which goes after the compressor and checks the stored bytes.
+    """
+    if zarr_format == 2:
+        return {"filters": [numcodecs.CRC32()], "compressors": compressor}
+    return {"compressors": [compressor, zarr.codecs.Crc32cCodec()]}
+
+
+def has_checksum(array: zarr.Array) -> bool:
+    """Whether ``array``'s chunks carry a checksum (stores written before checksums have none)."""
+    codecs = (*array.filters, *array.compressors)  # format 3, sharded: the inner chunks' codecs
+    return any(
+        isinstance(c, zarr.codecs.Crc32cCodec) or getattr(c, "codec_id", None) in ("crc32", "crc32c", "adler32")
+        for c in codecs
+    )
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file beside a store: ``demos.zarr`` -> ``demos.zarr.lock``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def _describe_holder(fd: int) -> str:
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    if not pid.isdigit():
+        return "a process that has not written its PID yet"
+    state = ""
+    with contextlib.suppress(OSError, IndexError):  # Linux names the state; elsewhere the PID is enough
+        code = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = {"T": " (stopped)", "t": " (stopped by a debugger)", "D": " (waiting on I/O)"}.get(code, "")
+    return f"PID {pid}{state}"
+
+
+@contextlib.contextmanager
+def store_lock(path: str | os.PathLike, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the exclusive write lock of the store at ``path`` (which need not exist yet).
+
+    The lock is a ``flock`` on ``lock_path(path)``; the holder writes its PID there. A waiter logs a
+    warning naming the holder after ``LOCK_WARN_S`` and raises TimeoutError after ``timeout`` s.
+    Not re-entrant: a process that holds it and asks again waits for itself.
+    """
+    file = lock_path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        start, delay, warned = time.monotonic(), 0.001, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waited = time.monotonic() - start
+                if waited >= timeout:
+                    raise TimeoutError(
+                        f"{path}: gave up after {waited:.1f} s waiting for the write lock {file}, held by "
+                        f"{_describe_holder(fd)}; if that writer is stopped or hung, end it (the lock is "
+                        "released when it exits)"
+                    ) from None
+                if not warned and waited >= LOCK_WARN_S:
+                    log.warning("%s: waiting for the write lock, held by %s", path, _describe_holder(fd))
+                    warned = True
+                time.sleep(max(min(delay, timeout - waited), 0.0))
+                delay = min(2 * delay, 0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def build_aside(path: Path, build: Callable[[Path], None], *, replace: bool = False) -> None:
+    """Build a new store with ``build(tmp)`` in a hidden sibling directory, then rename it to ``path``.
+
+    The caller holds ``store_lock(path)``. Readers never see a half-built store at ``path``; a builder
+    killed midway leaves only its hidden directory, removed by the next build. ``replace`` swaps out
+    an existing store at ``path`` (two renames; the old one is deleted after).
+    """
+    prefix = glob.escape(f".{path.name}")
+    for stale in path.parent.glob(f"{prefix}.building-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f".{path.name}.building-{os.getpid()}"
+    try:
+        build(tmp)
+        if replace and path.exists():
+            old = path.parent / f".{path.name}.replaced-{os.getpid()}"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _normalize_schema(schema: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -153,20 +287,107 @@ def _validate_meta(meta: Mapping[str, Any], length: int) -> dict[str, Any]:
     return out
 
 
+def _creation_args(schema, attrs, zarr_format, chunk_steps) -> tuple[dict, dict, dict]:
+    spec = _normalize_schema(schema)
+    if zarr_format not in (2, 3):
+        raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    attrs = {} if attrs is None else dict(attrs)
+    attrs = {k: _json_value(f"attrs[{k!r}]", v) for k, v in attrs.items()}
+    chunk_steps = dict(chunk_steps or {})
+    unknown = sorted(set(chunk_steps) - set(spec))
+    if unknown:
+        raise ValueError(f"chunk_steps names keys {unknown} that are not in the schema {sorted(spec)}")
+    return spec, attrs, chunk_steps
+
+
+def _write_empty(path: Path, spec: dict, attrs: dict, zarr_format: int, chunk_steps: dict) -> None:
+    """Write an empty store at ``path`` (a fresh directory)."""
+    root = zarr.open_group(path, mode="w", zarr_format=zarr_format)
+    data = root.create_group("data")
+    for key, (shape, dtype) in spec.items():
+        image = is_image_spec(shape, dtype)
+        steps = chunk_steps.get(key, IMAGE_CHUNK_STEPS if image else LOW_DIM_CHUNK_STEPS)
+        shards = None
+        if zarr_format == 3 and image:
+            shards = (max(IMAGE_SHARD_STEPS // steps, 1) * steps, *shape)
+        data.create_array(
+            key,
+            shape=(0, *shape),
+            dtype=dtype,
+            chunks=(steps, *shape),
+            shards=shards,
+            **checksummed(zarr_format, _compressor(zarr_format, dtype, image)),
+        )
+    meta = root.create_group("meta")
+    meta.create_array(
+        "episode_ends",
+        shape=(0,),
+        dtype="int64",
+        chunks=(EPISODE_ENDS_CHUNK,),
+        **checksummed(zarr_format, _compressor(zarr_format, np.dtype("int64"), image=False)),
+    )
+    meta.attrs.update({"episodes": []})
+    keys = {k: {"shape": list(s), "dtype": d.name} for k, (s, d) in spec.items()}
+    # Written last: a store without "format" is not a store.
+    root.attrs.update(
+        {"format": FORMAT_NAME, "version": FORMAT_VERSION, "keys": keys, "attrs": attrs, "stats": None}
+    )
+
+
+def _schema_text(spec: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> str:
+    return "{" + ", ".join(f"{k}: {tuple(s)} {np.dtype(d).name}" for k, (s, d) in spec.items()) + "}"
+
+
+def _open_root(path: Path, mode: str) -> zarr.Group:
+    """The store's root group, or a ValueError saying what ``path`` is instead."""
+    try:
+        root = zarr.open_group(path, mode="r" if mode == "r" else "r+")
+    except (zarr.errors.NodeNotFoundError, zarr.errors.ContainsArrayError):
+        found = sorted(p.name for p in path.iterdir())
+        found = f"{found[:8]}{' ...' if len(found) > 8 else ''}" if found else "an empty folder"
+        raise ValueError(
+            f"{path} is not a trajectory store: expected a Zarr group (.zgroup or zarr.json) holding "
+            f"data/ and meta/episode_ends, found {found}"
+        ) from None
+    if root.attrs.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path} is not a {FORMAT_NAME} (root attribute 'format' is missing or differs)")
+    if root.attrs["version"] != FORMAT_VERSION:
+        raise ValueError(f"{path} has store version {root.attrs['version']}, expected {FORMAT_VERSION}")
+    return root
+
+
+@dataclass
+class VerifyReport:
+    """What ``TrajectoryStore.verify`` found: ``problems`` (empty when the store is sound) and notes."""
+
+    chunks: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 class TrajectoryStore:
     """An append-only store of episodes; see the module docstring for layout and guarantees.
 
-    Build one with :meth:`create` or :meth:`open`, never with the constructor.
+    Build one with :meth:`create`, :meth:`open` or :meth:`open_or_create`, never with the constructor.
+    ``lock_timeout``: seconds a writer waits for another writer's lock before a TimeoutError.
     """
 
-    def __init__(self, path: Path, root: zarr.Group, mode: str):
+    def __init__(self, path: Path, mode: str, lock_timeout: float = LOCK_TIMEOUT_S):
         self.path = path
         self.mode = mode
-        self._root = root
+        self.lock_timeout = lock_timeout
+        #: What opening for appending cut away (a torn tail left by a killed writer), one line each.
+        self.repairs: list[str] = []
+        root = _open_root(path, mode)
         self._schema = {
             key: (tuple(spec["shape"]), np.dtype(spec["dtype"])) for key, spec in root.attrs["keys"].items()
         }
         self._load_commit()
+        self._check_layout()
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -179,6 +400,7 @@ class TrajectoryStore:
         zarr_format: Literal[2, 3] = 2,
         chunk_steps: Mapping[str, int] | None = None,
         overwrite: bool = False,
+        lock_timeout: float = LOCK_TIMEOUT_S,
     ) -> TrajectoryStore:
         """Create an empty store and return it open for appending.
 
@@ -191,69 +413,73 @@ class TrajectoryStore:
                 groups image chunks into shards of ``IMAGE_SHARD_STEPS`` frames.
             chunk_steps: steps per chunk for some keys; default 4 for images, 1024 otherwise.
             overwrite: replace an existing store at ``path`` instead of raising.
+            lock_timeout: seconds to wait for the store's lock (see the module docstring).
+
+        Several processes that may start on the same new path should call :meth:`open_or_create`.
         """
-        spec = _normalize_schema(schema)
-        if zarr_format not in (2, 3):
-            raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
-        attrs = {} if attrs is None else dict(attrs)
-        attrs = {k: _json_value(f"attrs[{k!r}]", v) for k, v in attrs.items()}
-        chunk_steps = dict(chunk_steps or {})
-        unknown = sorted(set(chunk_steps) - set(spec))
-        if unknown:
-            raise ValueError(f"chunk_steps names keys {unknown} that are not in the schema {sorted(spec)}")
+        spec, attrs, chunk_steps = _creation_args(schema, attrs, zarr_format, chunk_steps)
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-
-        root = zarr.open_group(path, mode="w", zarr_format=zarr_format)
-        data = root.create_group("data")
-        for key, (shape, dtype) in spec.items():
-            image = is_image_spec(shape, dtype)
-            steps = chunk_steps.get(key, IMAGE_CHUNK_STEPS if image else LOW_DIM_CHUNK_STEPS)
-            shards = None
-            if zarr_format == 3 and image:
-                shards = (max(IMAGE_SHARD_STEPS // steps, 1) * steps, *shape)
-            data.create_array(
-                key,
-                shape=(0, *shape),
-                dtype=dtype,
-                chunks=(steps, *shape),
-                shards=shards,
-                compressors=_compressor(zarr_format, dtype, image),
-            )
-        meta = root.create_group("meta")
-        meta.create_array(
-            "episode_ends",
-            shape=(0,),
-            dtype="int64",
-            chunks=(EPISODE_ENDS_CHUNK,),
-            compressors=_compressor(zarr_format, np.dtype("int64"), image=False),
-        )
-        meta.attrs.update({"episodes": []})
-        keys = {k: {"shape": list(s), "dtype": d.name} for k, (s, d) in spec.items()}
-        # Written last: a store without "format" is not a store, so a half-created one never opens.
-        root.attrs.update(
-            {"format": FORMAT_NAME, "version": FORMAT_VERSION, "keys": keys, "attrs": attrs, "stats": None}
-        )
-        return cls(path, root, "a")
+        with store_lock(path, lock_timeout):
+            if path.exists() and not overwrite:  # another process created it while we waited
+                raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+            build_aside(path, lambda tmp: _write_empty(tmp, spec, attrs, zarr_format, chunk_steps),
+                        replace=overwrite)
+            return cls(path, "a", lock_timeout)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: Literal["r", "a"] = "r") -> TrajectoryStore:
-        """Open an existing store: ``"r"`` to read, ``"a"`` to append (repairs a torn tail first)."""
+    def open_or_create(
+        cls,
+        path: str | os.PathLike,
+        schema: Mapping[str, tuple[tuple[int, ...], Any]],
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        zarr_format: Literal[2, 3] = 2,
+        chunk_steps: Mapping[str, int] | None = None,
+        lock_timeout: float = LOCK_TIMEOUT_S,
+    ) -> TrajectoryStore:
+        """Open the store at ``path`` for appending, creating it first if it does not exist.
+
+        Safe when several processes start on the same new path at once: the first creates the
+        store under the lock, the others open what it created. ``attrs``, ``zarr_format`` and
+        ``chunk_steps`` apply only to a new store. An existing store must have the same schema
+        (a ValueError names both); its attributes are not compared, since some change as the store
+        grows (a next seed): callers check the ones that must match.
+        """
+        spec, attrs, chunk_steps = _creation_args(schema, attrs, zarr_format, chunk_steps)
+        path = Path(path)
+        with store_lock(path, lock_timeout):
+            if not path.exists():
+                build_aside(path, lambda tmp: _write_empty(tmp, spec, attrs, zarr_format, chunk_steps))
+            store = cls(path, "a", lock_timeout)
+            if store.schema != spec:
+                raise ValueError(
+                    f"{path} holds the schema {_schema_text(store.schema)}, but the caller needs "
+                    f"{_schema_text(spec)}: use another output (or delete {path})"
+                )
+            store.repairs = store._repair(remove_partial_files=True)
+        return store
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, mode: Literal["r", "a"] = "r", *, lock_timeout: float = LOCK_TIMEOUT_S
+    ) -> TrajectoryStore:
+        """Open an existing store: ``"r"`` to read, ``"a"`` to append (repairs a torn tail first).
+
+        Raises:
+            FileNotFoundError: nothing at ``path``.
+            ValueError: ``path`` is not a complete trajectory store; the message says what is missing.
+        """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no trajectory store at {path}")
-        root = zarr.open_group(path, mode="r" if mode == "r" else "r+")
-        if root.attrs.get("format") != FORMAT_NAME:
-            raise ValueError(f"{path} is not a {FORMAT_NAME} (root attribute 'format' is missing or differs)")
-        if root.attrs["version"] != FORMAT_VERSION:
-            raise ValueError(f"{path} has store version {root.attrs['version']}, expected {FORMAT_VERSION}")
-        store = cls(path, root, mode)
+        store = cls(path, mode, lock_timeout)
         if mode == "a":
             with store._write_lock():
-                store._repair(remove_partial_files=True)
+                store.repairs = store._repair(remove_partial_files=True)
         return store
 
     # ----------------------------------------------------------------- reading
@@ -300,19 +526,32 @@ class TrajectoryStore:
     def episode(self, i: int, keys: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Arrays of episode ``i`` (all keys, or ``keys``), each ``(T, *shape)``."""
         start, stop = self.episode_range(i)
-        return {key: self.array(key)[start:stop] for key in self._check_keys(keys)}
+        return {key: self.read(key, start, stop) for key in self._check_keys(keys)}
 
     def episode_meta(self, i: int) -> dict[str, Any]:
         """Metadata of episode ``i``: task, seed, success, source, length and any extras."""
         return copy.deepcopy(self._episodes[self._check_episode(i)])
 
     def array(self, key: str) -> zarr.Array:
-        """The zarr array behind ``key``. Steps past ``n_steps`` are uncommitted: never read them."""
+        """The zarr array behind ``key``. Steps past ``n_steps`` are uncommitted: never read them.
+
+        Prefer :meth:`read`, which turns a damaged chunk into an error naming the file and episode.
+        """
         self._check_keys([key])
         array = self._arrays.get(key)
         if array is None:
             array = self._arrays[key] = self._root["data"][key]
         return array
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Steps ``start:stop`` (default: every committed step) of ``key`` as a numpy array.
+
+        Raises:
+            ValueError: a chunk does not decode or fails its checksum; the message names the chunk
+                file, the key, the steps and episodes it holds, and what the decoder found.
+        """
+        stop = self.n_steps if stop is None else stop
+        return self._read_rows(self.array(key), f"data/{key}", start, stop)
 
     def refresh(self) -> None:
         """Re-read the committed episodes (to see episodes appended by another process)."""
@@ -367,6 +606,10 @@ class TrajectoryStore:
         """Per-key min, max, mean and std over every committed step; stored in the store if writable.
 
         Images are reduced per channel (shape ``(3,)``), other keys per element (their shape).
+
+        Raises:
+            ValueError: a key holds NaN or infinity (naming the key, episode and step): statistics,
+                and the normalization and training built on them, would be NaN.
         """
         stats = {}
         for key in self._check_keys(keys):
@@ -379,8 +622,9 @@ class TrajectoryStore:
             hi = np.full(out_shape, -np.inf)
             for i in range(self.n_episodes):
                 start, stop = self.episode_range(i)
-                x = self.array(key)[start:stop].astype(np.float64)
-                x = x.reshape(-1, *out_shape)  # images: (T*H*W, 3); others unchanged
+                x = self.read(key, start, stop)
+                self._check_finite(key, i, x)
+                x = x.astype(np.float64).reshape(-1, *out_shape)  # images: (T*H*W, 3); others unchanged
                 count += x.shape[0]
                 total += x.sum(axis=0)
                 total_sq += np.square(x).sum(axis=0)
@@ -419,6 +663,59 @@ class TrajectoryStore:
             for key, d in record["keys"].items()
         }
 
+    # ----------------------------------------------------------------- integrity
+    def verify(self) -> VerifyReport:
+        """Decode every committed chunk of every array (checking its checksum where it has one) and
+        check that the arrays' lengths agree with ``meta/episode_ends``, as diffusion_policy's
+        ``ReplayBuffer`` asserts. Arrays written before checksums are a note, not a problem."""
+        report = VerifyReport()
+        ends = self._root["meta"]["episode_ends"]
+        arrays = {f"data/{k}": self._root["data"][k] for k in self.keys} | {"meta/episode_ends": ends}
+        unchecked = [name for name, array in arrays.items() if not has_checksum(array)]
+        if unchecked:
+            report.notes.append(
+                f"{len(unchecked)} of {len(arrays)} arrays have no chunk checksums (written before "
+                f"checksums were added; decoding checked only): {unchecked}"
+            )
+        damaged = set()
+        for name, array in arrays.items():
+            length = self.n_episodes if array is ends else self.n_steps
+            rows = (array.shards or array.chunks)[0]
+            for c in range(-(-length // rows)):
+                try:
+                    array[c * rows : min((c + 1) * rows, length)]
+                    report.chunks += 1
+                except _DECODE_ERRORS as exc:
+                    report.problems.append(self._bad_chunk(array, name, c, exc))
+                    damaged.add(name)
+        torn = "left by a writer killed mid-append: run `toto-store repair`"
+        if ends.shape[0] != self.n_episodes:
+            report.problems.append(
+                f"meta/episode_ends has {ends.shape[0]} entries but {self.n_episodes} episodes are "
+                f"committed ({torn})"
+            )
+        elif "meta/episode_ends" not in damaged:
+            stored = ends[:]
+            if not np.array_equal(stored, self._ends):
+                bad = int(np.argmax(stored != self._ends))
+                report.problems.append(
+                    f"meta/episode_ends[{bad}] is {stored[bad]}, expected {self._ends[bad]} from the "
+                    f"committed episodes' lengths (run `toto-store repair` to rewrite it)"
+                )
+        for name, array in arrays.items():
+            if array is not ends and array.shape[0] != self.n_steps:
+                report.problems.append(
+                    f"{name} has {array.shape[0]} steps but episode_ends[-1] is {self.n_steps} ({torn})"
+                )
+        return report
+
+    def repair(self) -> list[str]:
+        """Cut a torn tail back to the last committed episode (as ``open(mode="a")`` does) and
+        rewrite ``meta/episode_ends`` if it disagrees; returns what changed, one line each."""
+        self._require_writable()
+        with self._write_lock():
+            return self._repair(remove_partial_files=True)
+
     # ----------------------------------------------------------------- internals
     def _load_commit(self) -> None:
         # Re-open the groups so metadata written by other processes is seen.
@@ -429,37 +726,125 @@ class TrajectoryStore:
         self._root = root
         self._arrays: dict[str, zarr.Array] = {}
 
-    def _repair(self, remove_partial_files: bool = False) -> None:
+    def _repair(self, remove_partial_files: bool = False) -> list[str]:
         """Cut away anything a killed writer left past the last commit (caller holds the lock).
 
         Every append starts with this; ``remove_partial_files`` (a walk over the whole store) is
-        done once, on ``open(mode="a")``.
+        done once, on ``open(mode="a")``. Returns what was changed, one line each.
         """
         self._load_commit()
+        changes = []
         end, n = self.n_steps, self.n_episodes
         for key in self.keys:
             array = self._root["data"][key]
             if array.shape[0] != end:
+                changes.append(f"cut data/{key} from {array.shape[0]} to {end} steps")
                 array.resize((end, *array.shape[1:]))
         ends = self._root["meta"]["episode_ends"]
         if ends.shape[0] != n:
+            changes.append(f"cut meta/episode_ends from {ends.shape[0]} to {n} entries")
             ends.resize((n,))
-        if n and not np.array_equal(ends[:], self._ends):
-            ends[:] = self._ends
+        if n:
+            try:
+                agree = np.array_equal(ends[:], self._ends)
+            except _DECODE_ERRORS:  # a damaged chunk: the committed episodes say what it held
+                agree = False
+            if not agree:
+                changes.append("rewrote meta/episode_ends from the committed episodes' lengths")
+                ends[:] = self._ends
         if remove_partial_files:
             # Temporary files of writes that never reached their rename.
             for partial in self.path.rglob("*.partial"):
                 partial.unlink(missing_ok=True)
         self._arrays = {}
+        return changes
+
+    def _check_layout(self) -> None:
+        """The arrays the root attributes promise exist, with their shapes, and hold every committed step."""
+        if "meta" not in self._root or "episode_ends" not in self._root["meta"]:
+            found = sorted(self._root["meta"].keys()) if "meta" in self._root else "no meta group"
+            raise ValueError(
+                f"{self.path} is not a complete trajectory store: expected the array meta/episode_ends "
+                f"(the cumulative end of each episode), found {found}"
+            )
+        ends = self._root["meta"]["episode_ends"]
+        if ends.shape[0] < self.n_episodes:
+            raise ValueError(
+                f"{self.path}: meta/episode_ends has {ends.shape[0]} entries, expected at least "
+                f"{self.n_episodes} (one per committed episode)"
+            )
+        have = sorted(self._root["data"].array_keys()) if "data" in self._root else []
+        for key, (shape, dtype) in self._schema.items():
+            if key not in have:
+                raise ValueError(
+                    f"{self.path} is not a complete trajectory store: expected the array data/{key} "
+                    f"(declared in the root attribute 'keys'), found data/ holding {have}"
+                )
+            array = self._root["data"][key]
+            if array.shape[1:] != shape or array.dtype != dtype:
+                raise ValueError(
+                    f"{self.path}: data/{key} is {array.shape[1:]} {array.dtype} per step, expected "
+                    f"{shape} {dtype.name} (the root attribute 'keys')"
+                )
+            if array.shape[0] < self.n_steps:
+                raise ValueError(
+                    f"{self.path}: data/{key} has {array.shape[0]} steps, expected at least "
+                    f"{self.n_steps} (the committed episodes' total length): data was lost"
+                )
+
+    def _read_rows(self, array: zarr.Array, name: str, start: int, stop: int) -> np.ndarray:
+        try:
+            return array[start:stop]
+        except _DECODE_ERRORS as exc:
+            # Find the chunk that fails, to name its file (the read above may span many chunks).
+            rows = (array.shards or array.chunks)[0]
+            for c in range(start // rows, -(-stop // rows)):
+                lo, hi = c * rows, min((c + 1) * rows, array.shape[0])
+                try:
+                    array[lo:hi]
+                except _DECODE_ERRORS as chunk_exc:
+                    raise ValueError(self._bad_chunk(array, name, c, chunk_exc)) from chunk_exc
+            raise ValueError(f"{self.path}: reading {name} steps {start}..{stop - 1} failed: {exc}") from exc
+
+    def _bad_chunk(self, array: zarr.Array, name: str, c: int, exc: Exception) -> str:
+        """One line on a chunk that does not decode: its file, key, steps, episodes, expected vs found."""
+        rows = (array.shards or array.chunks)[0]
+        lo, hi = c * rows, min((c + 1) * rows, array.shape[0])
+        file = self.path / array.path / array.metadata.encode_chunk_key((c,) + (0,) * (array.ndim - 1))
+        found = f"a file of {file.stat().st_size} bytes" if file.is_file() else "no file"
+        if name == "meta/episode_ends":
+            where = f"entries {lo}..{hi - 1}"
+        else:
+            first, last = np.searchsorted(self._ends, [lo, hi - 1], side="right")
+            if first >= self.n_episodes:
+                episodes = "past the committed episodes"
+            else:
+                last = min(last, self.n_episodes - 1)
+                episodes = f"episode {first}" if first == last else f"episodes {first}..{last}"
+            where = f"steps {lo}..{hi - 1}, {episodes}"
+        check = "with its checksum" if has_checksum(array) else "(written without checksums)"
+        return (
+            f"{file}: chunk {c} of key {name!r} ({where}) is damaged: expected {hi - lo} steps of "
+            f"{array.shape[1:]} {array.dtype} {check}, found {found} that fails to decode "
+            f"({type(exc).__name__}: {exc})"
+        )
+
+    def _check_finite(self, key: str, i: int, x: np.ndarray) -> None:
+        if x.dtype.kind != "f":
+            return
+        bad = ~np.isfinite(x.reshape(len(x), -1))
+        if bad.any():
+            step, col = np.argwhere(bad)[0]
+            value = x.reshape(len(x), -1)[step, col]
+            raise ValueError(
+                f"{self.path}: key {key!r} of episode {i} holds {int(bad.sum())} non-finite values "
+                f"(first: {value} at step {step}); expected finite numbers: fix or drop the episode"
+            )
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with store_lock(self.path, self.lock_timeout):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def _require_writable(self) -> None:
         if self.mode != "a":

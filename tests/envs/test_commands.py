@@ -36,6 +36,6 @@ def test_collect_then_eval(tmp_path):
 )
 def test_bad_input_exits_with_a_clear_message(tmp_path, command, override, message):
     out = run_command(command, override, cwd=tmp_path)
-    assert out.returncode != 0
+    assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr

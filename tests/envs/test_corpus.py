@@ -164,9 +164,9 @@ def test_command_end_to_end(tmp_path):
         ("behaviours.expert=0.5", "behaviours: fractions must sum to 1, got 1.2"),
     ],
 )
-def test_command_bad_input_exits_1_with_one_line(tmp_path, override, message):
+def test_command_bad_input_exits_2_with_one_line(tmp_path, override, message):
     out = run_command("corpus", override, "output=c.zarr", cwd=tmp_path)
-    assert out.returncode == 1
+    assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]  # after robosuite's import-time warnings
     assert last.startswith("toto-corpus: error: ") and message in last
     assert "Traceback" not in out.stderr and not (tmp_path / "c.zarr").exists()

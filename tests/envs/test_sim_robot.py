@@ -71,9 +71,9 @@ def test_unknown_robot_type_lists_the_known_ones():
 
 
 def test_shipped_real_robot_config_decodes_as_lerobot_does(tmp_path):
-    """configs/deploy/robot/so101.yaml decodes to LeRobot's SO-101 config with its camera; building the robot
+    """configs/robot/so101.yaml decodes to LeRobot's SO-101 config with its camera; building the robot
     needs the Feetech SDK (LeRobot's `feetech` extra), and without it the error says so."""
-    cfg = OmegaConf.load(CONFIGS / "deploy/robot/so101.yaml")
+    cfg = OmegaConf.load(CONFIGS / "robot/so101.yaml")
     lerobot_cfg = {**OmegaConf.to_container(cfg.lerobot), "port": "/dev/null", "calibration_dir": str(tmp_path)}
     robot_cfg = lerobot_robot_config(lerobot_cfg)
     # (LeRobot registers one class for so100 and so101, so its `.type` reads "so100_follower" for both)

@@ -7,7 +7,7 @@ from tests.commands import run_command
 
 def test_missing_store_is_a_clear_error(tmp_path):
     res = run_command("train_bc", f"store={tmp_path / 'none.zarr'}")
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert "expected a trajectory store" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -16,7 +16,7 @@ def test_store_without_env_is_a_clear_error(tmp_path):
 
     path = make_store(tmp_path / "s.zarr", n_episodes=1, steps=3)
     res = run_command("train_bc", f"store={path}")
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert "no 'env' attribute" in res.stderr
 
 

@@ -77,5 +77,5 @@ def test_the_three_commands_on_a_folder_with_a_corrupt_file(tmp_path):
 ])
 def test_bad_input_is_a_clear_error(module, overrides, message, tmp_path):
     proc = _run(*command(module), f"work_dir={tmp_path}", *overrides)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr[-2000:]

@@ -8,6 +8,7 @@ import zarr
 from pretrain.data import VideoSource
 from pretrain.shards import PROGRESS_FILE, TokenShards, load_tokenizer, tokenize_sources
 from tests.pretrain.helpers import CLIP, SIZE, STRIDE, make_shards
+from toto_robot.store import has_checksum
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def test_shards_round_trip_the_tokenizer_ids(shards_dir):
     np.testing.assert_array_equal(shards.clips("videos", np.arange(n_train)), want[:n_train])
     np.testing.assert_array_equal(shards.clips("videos", np.array([1, 0]), "held_out"), want[[n_train + 1, n_train]])
     assert zarr.open_group(path, mode="r")["videos"]["ids"].dtype == np.uint16
+    assert has_checksum(zarr.open_group(path, mode="r")["videos"]["ids"])  # a CRC32C per chunk
     lazy = TokenShards(path, held_out=0.25, in_memory_bytes=0)  # read from zarr on demand, not loaded
     assert not isinstance(lazy.arrays["videos"], np.ndarray)
     pick = np.array([3, 0, 3, 1])

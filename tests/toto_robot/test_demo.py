@@ -95,5 +95,5 @@ def test_demo_writes_the_checkpoint_the_pretrain_commands_write(demo_run, tmp_pa
 
 def test_demo_rejects_a_bad_override(tmp_path):
     bad = _demo(tmp_path / "demo", "model.preset=huge")
-    assert bad.returncode != 0
+    assert bad.returncode == 2
     assert "expected one of" in bad.stderr and "huge" in bad.stderr

@@ -95,11 +95,11 @@ def test_png_round_trip_is_exact_and_foreign_datasets_import(source, tmp_path):
 def test_command_line_errors(source, tmp_path, capsys):
     existing = tmp_path / "exists"
     existing.mkdir()
-    assert convert_main(["export", str(source.path), str(existing), "--quiet"]) == 1
+    assert convert_main(["export", str(source.path), str(existing), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert convert_main(["export", str(tmp_path / "missing.zarr"), str(tmp_path / "o"), "--quiet"]) == 1
+    assert convert_main(["export", str(tmp_path / "missing.zarr"), str(tmp_path / "o"), "--quiet"]) == 2
     assert "no trajectory store" in capsys.readouterr().err
-    assert convert_main(["import", str(existing), str(tmp_path / "s.zarr"), "--quiet"]) == 1
+    assert convert_main(["import", str(existing), str(tmp_path / "s.zarr"), "--quiet"]) == 2
     assert "not a LeRobotDataset directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         convert_main([])

@@ -115,9 +115,9 @@ def test_sim_robot_and_its_mapping_deliver_the_contract():
     assert SimRobotConfig().image_size == META.image_size
 
     # The dry run's robot config maps the sim arm's features onto the contract (one camera of the two).
-    mapping = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "deploy/robot/sim.yaml").mapping)
+    mapping = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "robot/sim.yaml").mapping)
     mapping = RobotMapping(**mapping)
-    dataclasses.replace(META, cameras=("agentview_image",)).check(mapping.shape_meta, "deploy/robot/sim.yaml")
+    dataclasses.replace(META, cameras=("agentview_image",)).check(mapping.shape_meta, "robot/sim.yaml")
     assert mapping.state == {k: list(v) for k, v in STATE_NAMES.items()} and mapping.action == list(ACTION_NAMES)
     with pytest.raises(ValueError, match="RobotMapping.image_size: a shape contract needs a fixed image size"):
         _ = dataclasses.replace(mapping, image_size=None).shape_meta

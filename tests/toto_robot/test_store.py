@@ -90,6 +90,8 @@ def test_layout_is_diffusion_policy_replay_buffer(tmp_path):
             "shuffle": shuffle,
             "blocksize": 0,
         }
+        # a CRC32 checksum per chunk, in the config numcodecs 0.10.2 (diffusion_policy's pin) parses
+        assert zarray["filters"] == [{"id": "crc32"}]
 
 
 def test_round_trip_meta_and_attrs(tmp_path):

@@ -86,6 +86,8 @@ def bc_record(policy: BCPolicy, store_path: str | Path, train: TrainConfig, res:
         "layer": policy.encoder.layer if policy.encoder is not None else None,
         "encoder_window": cfg.encoder_window if policy.encoder is not None else None,
         "n_obs_steps": cfg.n_obs_steps,
+        "shift_augment": cfg.shift_augment if cfg.cameras else None,
+        "augment_views": cfg.augment_views if policy.encoder is not None else None,
         "preset": _preset(cfg.model_config) if cfg.model_config else None,
         "image_size": cfg.image_size if cfg.cameras else None,
         "cameras": list(cfg.cameras),

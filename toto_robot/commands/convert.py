@@ -4,7 +4,9 @@
     toto-convert import demos_lerobot demos.zarr [--zarr-format 2|3]
 
 ``--verify`` re-imports the exported dataset into a temporary store and prints, per key, the
-largest absolute difference (0 for low-dimensional keys) and the PSNR of the images.
+largest absolute difference (0 for low-dimensional keys) and the PSNR of the images. Exit status as for
+every command (toto_robot/commands/entry.py): 0 done, 2 bad input (one line on stderr); a failed export or
+import leaves no output behind.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from toto_robot.commands.entry import EXIT_BAD_INPUT, EXIT_OK, one_line
 from toto_robot.lerobot_io import compare_stores, export_lerobot, import_lerobot
 from toto_robot.store import TrajectoryStore
 
@@ -76,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.quiet,
             )
             print(f"wrote {store.n_episodes} episodes ({store.n_steps} steps) to {store.path}")
-    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as exc:
-        print(f"toto-convert: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError, KeyError) as exc:
+        print(f"toto-convert: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -3,11 +3,16 @@
     toto-deploy                                    # dry run: reference policy, simulated Lift arm, 50 ticks at 10 Hz
     toto-deploy loop.rate_hz=20 loop.chunk_rule=blend n_episodes=3 encoder.path=outputs/demo/encoder
     toto-deploy +faults.camera_stall=[[20,30]] +faults.nan_state=[[35,37]] +faults.disconnect_at=45
-    toto-deploy robot=so101 robot.lerobot.port=/dev/ttyACM0 policy._target_=<builder of a trained policy>
+    toto-deploy robot=so101 robot.lerobot.port=/dev/ttyACM0 \
+        +policy._target_=policies.bc.BCPolicy.load +policy.path=outputs/bc/Lift-toto_mlp/best
 
-Options live in configs/deploy.yaml and configs/deploy/robot/*.yaml. Episodes are appended to a Zarr store
+`policy` is the string "reference" in configs/deploy.yaml, so a policy built from a `_target_` replaces it with
+`+policy.<key>=...` overrides (the `+` adds keys the config does not have). Options live in
+configs/deploy.yaml and configs/robot/*.yaml. Episodes are appended to a Zarr store
 (outputs/deploy/<robot>.zarr by default) in the layout toto-collect writes, with timing and interventions.
-Ctrl-C stops the robot safely, logs the episode so far and exits with status 130.
+Exit status: 0 when every episode completed, 3 when one ended in a safety stop or a lost robot (each is logged;
+a lost robot ends the run), 2 for bad input; Ctrl-C stops the robot safely, logs the episode so far and exits
+with status 130.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from omegaconf import DictConfig, OmegaConf
 from envs.robot import LeRobotAdapter, RobotMapping, make_lerobot_robot
 from envs.sim_robot import FaultConfig, FaultyRobot
 from policies.reference import ReferencePolicy, ReferencePolicyConfig
-from toto_robot.commands.entry import entry_point
-from toto_robot.deploy import DISCONNECTED, INTERRUPTED, describe, log_episode, open_log, run_episode
+from toto_robot.commands.entry import Stopped, entry_point
+from toto_robot.deploy import DISCONNECTED, INTERRUPTED, STOPPED, describe, log_episode, open_log, run_episode
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.model import Transformer, model_preset
 from toto_robot.tokenizer import Tokenizer, tokenizer_preset
+from toto_robot.typecheck import build, check_value
 
 logger = logging.getLogger("toto-deploy")
 
@@ -56,6 +62,19 @@ def reference_policy(cfg: DictConfig, mapping: RobotMapping, seed: int) -> Refer
 
 
 def run(cfg: DictConfig) -> Path:
+    check_value("n_episodes", cfg.n_episodes, int)
+    if cfg.n_episodes < 1:
+        raise ValueError(f"n_episodes: expected an integer >= 1, found {cfg.n_episodes}")
+    check_value("seed", cfg.seed, int)
+    check_value("threads", cfg.threads, int | None)
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"threads: expected an integer >= 1 or null, found {cfg.threads}")
+    if not (cfg.policy == "reference" or (OmegaConf.is_dict(cfg.policy) and "_target_" in cfg.policy)):
+        raise ValueError(f"policy: expected 'reference' or a config with _target_ "
+                         f"(+policy._target_=... +policy.<key>=...), found {cfg.policy}")
+    faults = None
+    if cfg.faults is not None:
+        faults = build(FaultConfig, OmegaConf.to_container(cfg.faults, resolve=True), "faults")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     loop = instantiate(cfg.loop)
@@ -63,19 +82,17 @@ def run(cfg: DictConfig) -> Path:
     mapping = RobotMapping(**OmegaConf.to_container(cfg.robot.mapping, resolve=True))
     if cfg.policy == "reference":
         policy = reference_policy(cfg, mapping, cfg.seed)
-    elif OmegaConf.is_dict(cfg.policy) and "_target_" in cfg.policy:
-        policy = instantiate(cfg.policy)
     else:
-        raise ValueError(f"policy: expected 'reference' or a config with _target_, got {cfg.policy}")
+        policy = instantiate(cfg.policy)
     robot = make_lerobot_robot(OmegaConf.to_container(cfg.robot.lerobot, resolve=True))
-    if cfg.faults is not None:
-        robot = FaultyRobot(robot, FaultConfig(**OmegaConf.to_container(cfg.faults, resolve=True)))
+    if faults is not None:
+        robot = FaultyRobot(robot, faults)
     output = Path(cfg.output) if cfg.output else Path("outputs/deploy") / f"{cfg.robot.name}.zarr"
     adapter = LeRobotAdapter(robot, mapping)
     store = open_log(output, adapter.observation_spec(), adapter.action_dim,
                      {"fps": loop.rate_hz, "robot": OmegaConf.to_container(cfg.robot, resolve=True),
                       "instruction": cfg.robot.instruction})
-    interrupted = False
+    interrupted, stops = False, []
     with adapter:
         for episode in range(cfg.n_episodes):
             seed = cfg.seed + episode
@@ -86,12 +103,16 @@ def run(cfg: DictConfig) -> Path:
             print(f"episode {episode} (seed {seed}): {describe(result)}")
             if index is not None:
                 print(f"  logged as episode {index} of {store.path}")
+            if result.status in (STOPPED, DISCONNECTED):
+                stops.append(f"episode {episode} {result.status} ({result.reason})")
             if result.status in (INTERRUPTED, DISCONNECTED):
                 interrupted = result.status == INTERRUPTED
                 break
     print(f"wrote {store.n_episodes} episodes ({store.n_steps} steps) to {store.path}")
     if interrupted:
         sys.exit(130)
+    if stops:
+        raise Stopped(f"{'; '.join(stops)}; logged in {store.path}")
     return store.path
 
 

@@ -10,12 +10,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.trainer import TrainConfig, pretrain
 from toto_robot.commands.entry import entry_point
+from toto_robot.typecheck import build, check_value
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
     """The trainer's config, with mixture weights taken from the data sources."""
-    weights = {name: float(node["weight"]) for name, node in OmegaConf.to_container(cfg.data.sources).items()}
-    return TrainConfig(**OmegaConf.to_container(cfg.train, resolve=True), weights=weights)
+    weights = {}
+    for name, node in OmegaConf.to_container(cfg.data.sources, resolve=True).items():
+        check_value(f"data.sources.{name}.weight", node.get("weight") if isinstance(node, dict) else node, float)
+        weights[name] = float(node["weight"])
+    return build(TrainConfig, OmegaConf.to_container(cfg.train, resolve=True), "train", weights=weights)
 
 
 def run(cfg: DictConfig) -> None:

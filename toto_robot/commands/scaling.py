@@ -10,12 +10,16 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain.scaling import GPT3_EXPONENT, PAPER_EXPONENT, run_sweep
 from toto_robot.commands.entry import entry_point
 from toto_robot.commands.pretrain import train_config
+from toto_robot.typecheck import check_value
 
 
 def run(cfg: DictConfig) -> None:
     t0 = time.time()
-    fit = run_sweep(cfg.shards, OmegaConf.to_container(cfg.sizes, resolve=True), list(cfg.token_budgets),
-                    train_config(cfg), cfg.out_dir)
+    sizes = OmegaConf.to_container(cfg.sizes, resolve=True) if OmegaConf.is_list(cfg.sizes) else cfg.sizes
+    check_value("sizes", sizes, list[dict])
+    budgets = OmegaConf.to_container(cfg.token_budgets) if OmegaConf.is_list(cfg.token_budgets) else cfg.token_budgets
+    check_value("token_budgets", budgets, list[int])
+    fit = run_sweep(cfg.shards, sizes, budgets, train_config(cfg), cfg.out_dir)
     for r in fit["runs"]:
         print(f"{r['name']:>22}: {r['params']:>9,} params, C = {r['compute_macs']:.3g} MACs, "
               f"held-out loss {r['held_out_loss']:.4f}")

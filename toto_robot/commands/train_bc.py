@@ -23,6 +23,7 @@ from toto_robot.commands.bc_protocol import bc_record, low_dim_sizes, train_and_
 from toto_robot.commands.entry import entry_point
 from toto_robot.results import run_context, write_record
 from toto_robot.store import TrajectoryStore
+from toto_robot.typecheck import build
 
 
 def run(cfg: DictConfig) -> dict:
@@ -36,6 +37,7 @@ def run(cfg: DictConfig) -> dict:
     if env_attrs is None:
         raise ValueError(f"store {store_path} has no 'env' attribute (written by toto-collect): cannot evaluate")
     env_cfg = EnvConfig(**env_attrs)
+    train = build(TrainConfig, OmegaConf.to_container(cfg.train, resolve=True), "train")
     node = OmegaConf.to_container(cfg.policy, resolve=True)
     name = node["name"]
     node["seed"] = cfg.train.seed
@@ -43,7 +45,6 @@ def run(cfg: DictConfig) -> dict:
     policy = build_policy(node, cfg.encoder if node.get("backbone") in ("toto", "toto_random") else None, cams,
                           env_cfg.image_size, low_dim_sizes=low_dim_sizes(store_path))
     out = Path(cfg.out_dir or f"outputs/bc/{env_cfg.task}-{name}")
-    train = TrainConfig(**cfg.train)
     res = train_and_test(policy, store_path, train, out, env_cfg, name, n_test=cfg.eval.n_episodes,
                          n_select=cfg.eval.n_select, n_workers=cfg.eval.n_workers, n_videos=cfg.eval.n_videos)
     test = res["test"]

@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from toto_robot.typecheck import check_types
+
 CHUNK_RULES = ("switch", "blend")
 HOLD_MODES = ("zero", "last", "skip")
 
@@ -24,6 +26,7 @@ class LoopConfig:
     max_hold_s: float = 1.0  # holding (for any reason) longer than this -> safe stop
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not 0 < self.rate_hz <= 1000:
             raise ValueError(f"LoopConfig.rate_hz: expected a rate in (0, 1000] Hz, got {self.rate_hz}")
         for name in ("n_steps", "blend_steps", "infer_every"):
@@ -52,6 +55,7 @@ class SafetyConfig:
     hold_keep: list[int] = field(default_factory=list)  # "zero": dims copied from the last action (gripper)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.hold not in HOLD_MODES:
             raise ValueError(f"SafetyConfig.hold: expected one of {HOLD_MODES}, got {self.hold!r}")
         low, high = np.asarray(self.action_low, np.float64), np.asarray(self.action_high, np.float64)

@@ -37,15 +37,9 @@ def episode_schema(observation_spec: Mapping[str, tuple[tuple[int, ...], str]], 
 
 
 def open_log(path, observation_spec, action_dim: int, attrs: Mapping[str, Any]) -> TrajectoryStore:
-    """Open the store at `path` for appending, or create it; an existing store must have the same keys."""
-    schema = episode_schema(observation_spec, action_dim)
-    if not path.exists():
-        return TrajectoryStore.create(path, schema, attrs)
-    store = TrajectoryStore.open(path, mode="a")
-    have = {k: (tuple(s), d.name) for k, (s, d) in store.schema.items()}
-    if have != schema:
-        raise ValueError(f"{path} holds keys {have}, but this deployment logs {schema}: use another output")
-    return store
+    """Open the store at `path` for appending, or create it (safe when several processes start at once);
+    an existing store must have the same keys (a ValueError names both schemas)."""
+    return TrajectoryStore.open_or_create(path, episode_schema(observation_spec, action_dim), attrs)
 
 
 def log_episode(store: TrajectoryStore, result: EpisodeResult, *, task: str, source: str,
