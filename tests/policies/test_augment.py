@@ -7,7 +7,7 @@ import torch
 
 from policies.features import feature_key, feature_store, view_shifts
 from policies.train import datasets
-from tests.policies.test_bc import CAMS, _policy, encoder_ckpt, make_store  # noqa: F401  (fixture)
+from tests.policies.test_bc import CAMS, _policy, make_store
 from toto_robot.encoder import StreamingEncoder
 from toto_robot.frames import shift_frames
 from toto_robot.store import TrajectoryStore

@@ -5,8 +5,6 @@ import torch
 from policies.bc import BCPolicy, PolicyConfig, build_policy
 from policies.features import feature_store
 from policies.train import TrainConfig, datasets, train_bc
-from tests.toto_robot.helpers import tiny_models
-from toto_robot.encoder import save_toto
 from toto_robot.store import TrajectoryStore
 from toto_robot.synthetic import moving_squares
 
@@ -29,17 +27,6 @@ def make_store(path, n_episodes=3, steps=10, seed=0):
         data["object"] = rng.normal(size=(steps, 5)).astype(np.float32)
         store.add_episode(data, {"task": "synthetic", "seed": e, "success": True, "source": "test"})
     store.compute_stats()
-    return path
-
-
-@pytest.fixture(scope="module")
-def encoder_ckpt(tmp_path_factory):
-    tok, model = tiny_models(max_frames=8)
-    with torch.no_grad():  # stand-in for pretraining: weights no fresh initialization reproduces
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("enc") / "toto"
-    save_toto(path, tok, model)
     return path
 
 
