@@ -13,14 +13,6 @@ TOL = 1e-4  # float32 streaming vs full forward
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    tok, model = tiny_models(max_frames=8)
-    path = tmp_path_factory.mktemp("ckpt") / "toto"
-    save_toto(path, tok, model)
-    return path
-
-
-@pytest.fixture(scope="module")
 def sharp_checkpoint(tmp_path_factory):
     """Queries and keys scaled up so that attention is peaked. At random init it is nearly uniform, and
     the golden test could not see a sink key left at position 0 instead of re-rotated (~1e-5 < TOL)."""

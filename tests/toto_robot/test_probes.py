@@ -29,14 +29,6 @@ from toto_robot.probes.video import moving_shapes
 from toto_robot.video import write_mp4
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    tok, model = tiny_models(max_frames=8)
-    path = tmp_path_factory.mktemp("probe_ckpt") / "toto"
-    save_toto(path, tok, model)
-    return path
-
-
 # ---------------------------------------------------------------- heads
 def separable_tokens(n: int, n_classes: int = 4, p: int = 8, c: int = 16, seed: int = 0):
     """(N, P, C) noise tokens; two tokens of each row carry its class's direction."""
