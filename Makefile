@@ -13,11 +13,12 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench lint clean
 
-$(VENV)/.installed: pyproject.toml
+PLUGINS := plugins/lerobot_policy_toto plugins/lerobot_env_toto plugins/lerobot_robot_toto
+$(VENV)/.installed: pyproject.toml setup.py $(addsuffix /pyproject.toml,$(PLUGINS))
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (expected python3.12 on PATH or ~/.pyenv/versions/3.12*)"; exit 1; }
 	test -x $(PY) || $(PYTHON312) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' $(addprefix -e ,$(PLUGINS))
 	touch $@
 
 setup: $(VENV)/.installed

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numcodecs
 import numpy as np
 
-from toto_robot.lerobot_io import export_lerobot, lerobot_feature_name
+from toto_robot.lerobot_io import export_lerobot, feature_names
 from toto_robot.sampler import WindowDataset
 from toto_robot.store import TrajectoryStore
 
@@ -179,10 +179,10 @@ def main() -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     fps = 20
-    images = set(store.image_keys)
+    names = feature_names(store.schema)  # state keys share observation.state (and so its horizon)
     # LeRobot anchors windows at the current observation (the last of N_OBS): the same windows.
     deltas = {
-        lerobot_feature_name(key, key in images): [(d - (N_OBS - 1)) / fps for d in range(h)]
+        names[key]: [(d - (N_OBS - 1)) / fps for d in range(h)]
         for key, h in horizons.items()
     }
     peer = LeRobotDataset(

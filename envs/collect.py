@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from envs.robosuite_env import ACTION_DIM, OBJECT_KEYS, TASKS, EnvConfig, RobosuiteEnv
+from envs.robosuite_env import ACTION_DIM, OBJECT_KEYS, ROBOT_TYPE, TASKS, EnvConfig, RobosuiteEnv
 from envs.runner import EVAL_SEED_START, Policy, stream_episodes
 from toto_robot.store import TrajectoryStore
 
@@ -43,6 +43,7 @@ def open_or_create(path: Path, env_config: EnvConfig, source: str, seed_start: i
         "fps": env_config.control_freq,
         "source": source,
         "instruction": TASKS[env_config.task].instruction,
+        "robot_type": ROBOT_TYPE,  # a LeRobot export's robot_type
         "next_seed": seed_start,
     }
 

@@ -28,7 +28,7 @@ import mujoco
 import numpy as np
 import robosuite
 
-from toto_robot.shapes import ROBOSUITE_PANDA, ShapeMeta, camera_name, image_key
+from toto_robot.shapes import OBJECT_KEYS, ROBOSUITE_PANDA, ShapeMeta, camera_name, image_key  # noqa: F401 (OBJECT_KEYS: re-exported)
 
 logging.getLogger("robosuite_logs").setLevel(logging.WARNING)  # one INFO line per env build otherwise
 
@@ -42,6 +42,7 @@ if set(PROPRIO_BOUNDS) != set(PROPRIO_KEYS):
     raise RuntimeError(f"PROPRIO_BOUNDS: expected a bound per state key of the contract {PROPRIO_KEYS}, "
                       f"got {sorted(PROPRIO_BOUNDS)}")
 
+ROBOT_TYPE = "panda"  # the arm every task uses (robosuite's "Panda"), as LeRobot datasets name their robot_type
 _CAMERAS = ("agentview", "frontview", "birdview", "sideview", "robot0_robotview", "robot0_eye_in_hand")
 
 
@@ -67,7 +68,6 @@ TASKS: dict[str, TaskSpec] = {
     "Door": TaskSpec("Door", "open the door", horizon=300, cameras=_CAMERAS, object_dim=14,
                      object_pos_key="handle_pos"),
 }
-OBJECT_KEYS = ("object", "object_pos")  # privileged low-dim keys of collected stores
 
 
 def check_task(task: str) -> TaskSpec:

@@ -16,8 +16,8 @@ robot's config fields, decoded by draccus exactly as LeRobot's command line does
 Observations: each policy image key takes one camera, brought to `image_size` if given by
 `toto_robot.frames.preprocess_frame` (centre crop to a square, box resampling: what pretraining's frames go
 through), each policy state key concatenates scalar features into float32. The capture time is the oldest
-"<camera>.timestamp" the robot reports (our simulated robot does), else the time the observation was
-requested. Actions: the policy's vector goes out as {name: float} in the order of `action`. What a mapping
+`latest_timestamp` of the mapped cameras (LeRobot's cameras keep it, our simulated ones too; it stays out of the
+observation, which LeRobot records as state), else the time the observation was requested. Actions: the policy's vector goes out as {name: float} in the order of `action`. What a mapping
 delivers, as a shape contract (toto_robot/shapes.py), is `RobotMapping.shape_meta`.
 """
 
@@ -34,7 +34,8 @@ import numpy as np
 from lerobot.robots import Robot, RobotConfig, make_robot_from_config
 from lerobot.utils.import_utils import register_third_party_plugins
 
-from envs.sim_robot import TIMESTAMP_SUFFIX, SimRobot, SimRobotConfig  # importing registers "toto_sim"
+import envs.config_sim_robot  # noqa: F401  (registers the robot types "toto_sim" and "toto_faulty")
+from envs.sim_robot import capture_times
 from toto_robot.deploy import TimedObservation
 from toto_robot.frames import preprocess_frame
 from toto_robot.shapes import ShapeMeta
@@ -73,10 +74,6 @@ def lerobot_robot_config(config: dict[str, Any]) -> RobotConfig:
 def make_lerobot_robot(config: dict[str, Any]) -> Robot:
     """A LeRobot robot (not connected) from {"type": <robot type>, <its config fields>...}."""
     robot_config = lerobot_robot_config(config)
-    if isinstance(robot_config, SimRobotConfig):
-        # LeRobot finds a plugin's robot class by module naming conventions (`<package>.<name>` exporting it);
-        # ours lives in envs/sim_robot.py, so it is built directly.
-        return SimRobot(robot_config)
     try:
         return make_robot_from_config(robot_config)
     except ImportError as exc:  # the robot's driver SDK (a LeRobot extra) is not installed
@@ -157,14 +154,15 @@ class LeRobotAdapter:
         t_request = time.perf_counter()
         raw = self.robot.get_observation()
         data: dict[str, np.ndarray] = {}
+        times = capture_times(self.robot)
         stamps = []
         for policy_key, cam in self.mapping.cameras.items():
             image = np.asarray(raw[cam])
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"camera {cam!r}: expected an (H, W, 3) uint8 image, got {image.dtype} {image.shape}")
             data[policy_key] = preprocess_frame(image, self.mapping.image_size) if self.mapping.image_size else image
-            if cam + TIMESTAMP_SUFFIX in raw:
-                stamps.append(float(raw[cam + TIMESTAMP_SUFFIX]))
+            if cam in times and times[cam] is not None:
+                stamps.append(float(times[cam]))
         for policy_key, names in self.mapping.state.items():
             data[policy_key] = np.array([raw[n] for n in names], dtype=np.float32)
         return TimedObservation(data, min(stamps, default=t_request))

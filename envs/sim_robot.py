@@ -3,9 +3,12 @@
 `SimRobot` speaks LeRobot's robot API exactly as a real arm does (`connect`, `get_observation`,
 `send_action`, `disconnect`, flat feature dicts), so dry runs and tests exercise the same adapter and control
 loop as hardware:
-    observation: "<camera>" (S, S, 3) uint8 and "<camera>.timestamp" (capture time, time.perf_counter()) per
-                 camera; one float per state value: "eef_pos.x", ..., "eef_quat.w", "gripper_qpos.left", ...
+    observation: "<camera>" (S, S, 3) uint8 per camera; one float per state value: "eef_pos.x", ...,
+                 "eef_quat.w", "gripper_qpos.left", ...
     action:      "dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper" (robosuite's normalized OSC action)
+    cameras:     {name: camera}, each with `latest_timestamp` (capture time, time.perf_counter()), as LeRobot's
+                 cameras have: capture times stay out of the observation, so LeRobot's recorders
+                 (hw_to_dataset_features) never store them as state; the adapter (envs/robot.py) reads them.
 One `send_action` advances the simulation by one control step (1 / control_freq s of simulated time);
 between actions simulated time stands still, so an observation is current whenever it is read.
 
@@ -19,41 +22,52 @@ disconnect (every later call raises DeviceNotConnectedError).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from lerobot.robots import Robot, RobotConfig
+from lerobot.robots import Robot
 from lerobot.utils.errors import DeviceAlreadyConnectedError, DeviceNotConnectedError
 
+# The configs live in their own module, as LeRobot's robots keep theirs: make_robot_from_config finds each
+# device class here, in the module named after the config's (config_sim_robot -> sim_robot).
+from envs.config_sim_robot import (
+    FAULTY_ROBOT_TYPE,
+    SIM_ROBOT_TYPE,
+    FaultConfig,
+    FaultyRobotConfig,
+    SimRobotConfig,
+)
 from envs.robosuite_env import RobosuiteEnv
-from toto_robot.shapes import ROBOSUITE_PANDA
-from toto_robot.typecheck import check_types
+from toto_robot.shapes import ROBOSUITE_PANDA, ROBOSUITE_PANDA_COMPONENTS
 
-SIM_ROBOT_TYPE = "toto_sim"
+__all__ = ["ACTION_NAMES", "FAULTY_ROBOT_TYPE", "SIM_ROBOT_TYPE", "STATE_NAMES", "FaultConfig", "FaultyRobot",
+           "FaultyRobotConfig", "FrameClock", "SimRobot", "SimRobotConfig", "capture_times"]
+
 # LeRobot-style scalar feature names of the contract's action and state keys (toto_robot/shapes.py), in order.
-ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
-_STATE_COMPONENTS = {"robot0_eef_pos": ("x", "y", "z"), "robot0_eef_quat": ("x", "y", "z", "w"),
-                     "robot0_gripper_qpos": ("left", "right")}
+ACTION_NAMES = ROBOSUITE_PANDA_COMPONENTS["action"]
 # robosuite observation key -> feature names, e.g. "robot0_eef_pos" -> ("eef_pos.x", "eef_pos.y", "eef_pos.z")
-STATE_NAMES = {key: tuple(f"{key.removeprefix('robot0_')}.{c}" for c in _STATE_COMPONENTS[key])
+STATE_NAMES = {key: tuple(f"{key.removeprefix('robot0_')}.{c}" for c in ROBOSUITE_PANDA_COMPONENTS[key])
                for key in ROBOSUITE_PANDA.state_keys}
 if len(ACTION_NAMES) != ROBOSUITE_PANDA.action_dim or any(
         len(names) != ROBOSUITE_PANDA.state[key] for key, names in STATE_NAMES.items()):
     raise RuntimeError(f"sim robot features {STATE_NAMES}, {ACTION_NAMES} do not match the contract's state "
                        f"{ROBOSUITE_PANDA.state} and action size {ROBOSUITE_PANDA.action_dim}")
-TIMESTAMP_SUFFIX = ".timestamp"
 
 
-@RobotConfig.register_subclass(SIM_ROBOT_TYPE)
 @dataclass
-class SimRobotConfig(RobotConfig):
-    task: str = "Lift"
-    camera_names: list[str] = field(default_factory=lambda: ["agentview"])  # robosuite cameras; [] for none
-    image_size: int = ROBOSUITE_PANDA.image_size
-    control_freq: int = 20  # Hz of simulated time per action
-    horizon: int | None = None  # None: the task's default
-    seed: int = 0  # seed of the first episode; reset(seed) starts another
+class FrameClock:
+    """What the control loop needs of a camera: when its latest frame was captured (LeRobot's cameras'
+    `latest_timestamp`, time.perf_counter() seconds; None before the first frame)."""
+
+    latest_timestamp: float | None = None
+
+
+def capture_times(robot: Robot) -> dict[str, float | None]:
+    """Camera name -> capture time of its latest frame, for a robot whose cameras tell (LeRobot's cameras and
+    ours keep `latest_timestamp`); {} for a robot without cameras."""
+    cameras = robot.cameras if hasattr(robot, "cameras") else {}
+    return {name: getattr(cam, "latest_timestamp", None) for name, cam in cameras.items()}
 
 
 class SimRobot(Robot):
@@ -66,7 +80,7 @@ class SimRobot(Robot):
         self.config = config
         self.robot_type, self.id = self.name, config.id
         self.calibration_dir, self.calibration = config.calibration_dir, {}
-        self.cameras = tuple(config.camera_names)
+        self.cameras = {name: FrameClock() for name in config.camera_names}
         self.env: RobosuiteEnv | None = None
         self._obs: dict[str, np.ndarray] = {}
         self.success = False
@@ -77,7 +91,6 @@ class SimRobot(Robot):
         features: dict[str, Any] = {}
         for cam in self.cameras:
             features[cam] = (size, size, 3)
-            features[cam + TIMESTAMP_SUFFIX] = float
         for names in STATE_NAMES.values():
             features.update(dict.fromkeys(names, float))
         return features
@@ -104,7 +117,7 @@ class SimRobot(Robot):
         if self.env is not None:
             raise DeviceAlreadyConnectedError(f"{self} is already connected")
         cfg = self.config
-        self.env = RobosuiteEnv(task=cfg.task, cameras=self.cameras, image_size=cfg.image_size,
+        self.env = RobosuiteEnv(task=cfg.task, cameras=tuple(self.cameras), image_size=cfg.image_size,
                                 control_freq=cfg.control_freq, horizon=cfg.horizon)
         self.reset(cfg.seed)
 
@@ -118,9 +131,9 @@ class SimRobot(Robot):
         self._require_connected()
         now = time.perf_counter()
         out: dict[str, Any] = {}
-        for cam in self.cameras:
+        for cam, clock in self.cameras.items():
             out[cam] = self._obs[f"{cam}_image"]
-            out[cam + TIMESTAMP_SUFFIX] = now
+            clock.latest_timestamp = now
         for key, names in STATE_NAMES.items():
             out.update(zip(names, self._obs[key].tolist(), strict=True))
         return out
@@ -149,51 +162,41 @@ class SimRobot(Robot):
 # -- faults --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FaultConfig:
-    """Faults by observation index i (0 = the first get_observation after connect) and at random rates."""
-
-    camera_stall: list[list[int]] = field(default_factory=list)  # [start, stop) ranges: frames freeze
-    dropped_frames: list[int] = field(default_factory=list)  # indices returning the previous frame again
-    latency_spike: list[list[float]] = field(default_factory=list)  # [index, seconds]: returns that late
-    nan_state: list[list[int]] = field(default_factory=list)  # [start, stop) ranges: state values are NaN
-    disconnect_at: int | None = None  # from this index on, every call raises DeviceNotConnectedError
-    drop_prob: float = 0.0  # random faults per observation, seeded
-    spike_prob: float = 0.0
-    spike_s: float = 0.2
-    nan_prob: float = 0.0
-    seed: int = 0
-    camera_timeout_s: float = 0.5  # a frame older than this raises TimeoutError (LeRobot cameras' max_age_ms)
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        for name in ("camera_stall", "nan_state"):
-            for r in getattr(self, name):
-                if len(r) != 2 or not 0 <= r[0] < r[1]:
-                    raise ValueError(f"FaultConfig.{name}: expected [start, stop) ranges with 0 <= start < stop, "
-                                     f"got {r}")
-        for s in self.latency_spike:
-            if len(s) != 2 or s[0] < 0 or s[1] <= 0:
-                raise ValueError(f"FaultConfig.latency_spike: expected [index, seconds > 0] pairs, got {s}")
-        for name in ("drop_prob", "spike_prob", "nan_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"FaultConfig.{name}: expected a probability in [0, 1], got {getattr(self, name)}")
-
-
 class FaultyRobot(Robot):
-    """Wraps a `Robot` and injects the faults of a `FaultConfig`; every injected fault is appended to `log`."""
+    """Wraps a `Robot` and injects the faults of a `FaultConfig`; every injected fault is appended to `log`.
 
-    def __init__(self, robot: Robot, faults: FaultConfig):
+    Built by LeRobot from a `FaultyRobotConfig` (the simulated arm's config + the faults), or around any robot
+    already built: `FaultyRobot.wrap(robot, faults)`. Its `cameras` report the capture times of the frames it
+    returns (frozen in a stall, the previous frame's for a dropped one)."""
+
+    config_class = FaultyRobotConfig
+    name = FAULTY_ROBOT_TYPE
+
+    def __init__(self, config: FaultyRobotConfig):
+        self._setup(SimRobot(config), config.faults)
+        self.config = config
+
+    @classmethod
+    def wrap(cls, robot: Robot, faults: FaultConfig) -> FaultyRobot:
+        self = cls.__new__(cls)
+        self._setup(robot, faults)
+        return self
+
+    def _setup(self, robot: Robot, faults: FaultConfig) -> None:
         # No Robot.__init__: the wrapped robot owns its calibration; this object only forwards to it.
+        self.config = robot.config if hasattr(robot, "config") else None
         self.robot, self.faults = robot, faults
         self.robot_type, self.id, self.name = robot.robot_type, robot.id, f"faulty_{robot.name}"
         self.calibration_dir, self.calibration = robot.calibration_dir, robot.calibration
+        self.cameras = {name: FrameClock() for name in capture_times(robot)}
         self.log: list[tuple[int, str]] = []
         self._rng = np.random.default_rng(faults.seed)
         self._index = 0
         self._disconnected = False
         self._last: dict[str, Any] | None = None  # previous observation (for dropped frames and stalls)
+        self._last_times: dict[str, float | None] = {}  # its frames' capture times
         self._frozen: dict[str, Any] | None = None  # camera values frozen by a stall
+        self._frozen_times: dict[str, float | None] = {}
         self._spikes = {int(i): float(s) for i, s in faults.latency_spike}
 
     @property
@@ -221,6 +224,7 @@ class FaultyRobot(Robot):
     def connect(self, calibrate: bool = True) -> None:
         self.robot.connect(calibrate)
         self._index, self._disconnected, self._last, self._frozen = 0, False, None, None
+        self._last_times, self._frozen_times = {}, {}
 
     def disconnect(self) -> None:
         if self.robot.is_connected:
@@ -251,15 +255,17 @@ class FaultyRobot(Robot):
             self._disconnected = True
         self._check_link()
         obs = dict(self.robot.get_observation())
-        cams = self._camera_keys()
-        camera_part = [k for k in obs if any(k == c or k == c + TIMESTAMP_SUFFIX for c in cams)]
+        times = capture_times(self.robot)
+        camera_part = [k for k in obs if k in self._camera_keys()]
         stalled = any(a <= i < b for a, b in f.camera_stall)
         if stalled:
             if self._frozen is None:
                 self._frozen = {k: (self._last or obs)[k] for k in camera_part}
+                self._frozen_times = dict(self._last_times or times)
             self.log.append((i, "camera_stall"))
             obs.update(self._frozen)
-            stamps = [obs[c + TIMESTAMP_SUFFIX] for c in cams if c + TIMESTAMP_SUFFIX in obs]
+            times = dict(self._frozen_times)
+            stamps = [t for t in times.values() if t is not None]
             if stamps and time.perf_counter() - min(stamps) > f.camera_timeout_s:
                 raise TimeoutError(f"camera frame is {time.perf_counter() - min(stamps):.2f} s old "
                                    f"(max allowed {f.camera_timeout_s} s; injected stall)")
@@ -268,15 +274,17 @@ class FaultyRobot(Robot):
             if (i in f.dropped_frames or self._rng.random() < f.drop_prob) and self._last is not None:
                 self.log.append((i, "dropped_frame"))
                 obs.update({k: self._last[k] for k in camera_part})
+                times = dict(self._last_times)
+        for name, clock in self.cameras.items():
+            clock.latest_timestamp = times.get(name)  # a camera with no capture time yet: None
         if any(a <= i < b for a, b in f.nan_state) or self._rng.random() < f.nan_prob:
             self.log.append((i, "nan_state"))
-            obs.update({k: float("nan") for k, v in self.robot.observation_features.items()
-                        if v is float and not k.endswith(TIMESTAMP_SUFFIX)})
+            obs.update({k: float("nan") for k, v in self.robot.observation_features.items() if v is float})
         delay = self._spikes.get(i, f.spike_s if self._rng.random() < f.spike_prob else 0.0)
         if delay:
             self.log.append((i, f"latency_spike {delay} s"))
             time.sleep(delay)  # the data was read before the delay: it arrives as old as the delay
-        self._last = obs
+        self._last, self._last_times = obs, times
         return obs
 
     def send_action(self, action: dict[str, Any]) -> dict[str, Any]:

@@ -154,6 +154,11 @@ class Source:
     def clips(self, item: str) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    def item_key(self, item: str) -> str:
+        """What decides an item's side of the held-out split (`pretrain.shards.held_out_items`): items with
+        the same key stay together. The item itself unless a source says otherwise."""
+        return item
+
     def _list_items(self) -> list[str]:
         raise NotImplementedError
 
@@ -184,6 +189,11 @@ class VideoSource(Source):
         items = [p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
         frame_dirs = {p.parent for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
         return sorted(str(p) for p in items + sorted(frame_dirs))
+
+    def item_key(self, item: str) -> str:
+        """The path below `root`, so the split survives moving the dataset."""
+        path = Path(item)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else item
 
     def clips(self, item: str) -> Iterator[np.ndarray]:
         path = Path(item)
@@ -255,6 +265,11 @@ class ImageSource(Source):
         return [json.dumps([files[(g * self.clip_frames + j) % len(files)] for j in range(self.clip_frames)])
                 for g in range(n)]
 
+    def item_key(self, item: str) -> str:
+        """The group's first image, below `root`."""
+        first = Path(json.loads(item)[0])
+        return first.relative_to(self.root).as_posix() if first.is_relative_to(self.root) else str(first)
+
     def clips(self, item: str) -> Iterator[np.ndarray]:
         yield np.stack([load_image(Path(p), self.size) for p in json.loads(item)])
 
@@ -278,6 +293,10 @@ class ZarrSource(Source):
 
     def _list_items(self) -> list[str]:
         return [f"{e}/{k}" for e in range(self.store.n_episodes) for k in self.keys]
+
+    def item_key(self, item: str) -> str:
+        """The episode: all cameras of an episode fall on the same side of the held-out split."""
+        return item.split("/", 1)[0]
 
     def clips(self, item: str) -> Iterator[np.ndarray]:
         episode, key = item.split("/", 1)

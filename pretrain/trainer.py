@@ -3,7 +3,8 @@
 - AdamW (beta2 0.95; weight decay on matrices only), linear warmup then cosine decay to
   `min_lr_ratio * lr`, gradient clipping, gradient accumulation, bf16 autocast on CUDA, optional
   `torch.compile`, DDP or FSDP2 through `toto_robot.parallel.parallelize`.
-- Batches are a pure function of (seed, step, micro-batch, rank): the data position is the step, so a
+- Batches are a pure function of (seed, step, micro-batch, rank), also with chunk-level shuffling for
+  shards larger than memory (`shuffle_window`): the data position is the step, so a
   checkpoint holding model, optimizer, scheduler, RNG and step resumes exactly where the run stopped.
 - The checkpoint is a Toto checkpoint directory (config.json + tokenizer/model safetensors, loadable by
   `load_toto`; `corpus` names the shards' sources, for the BC and probe records) carrying the train
@@ -68,7 +69,8 @@ class TrainConfig:
     strategy: str = "none"  # none | ddp | fsdp
     compile: bool = False
     bf16: bool = True  # autocast to bfloat16 on CUDA (no effect on CPU)
-    held_out: float = 0.1  # fraction of each source's clips kept for the held-out loss
+    held_out: float = 0.1  # fraction of each source's items (whole videos) kept for the held-out loss
+    shuffle_window: int = 0  # 0: clips drawn from the whole source; W: from windows of W storage chunks (Batches)
     eval_every: int = 100
     eval_clips: int = 32  # held-out clips per source per evaluation
     log_every: int = 10
@@ -107,35 +109,109 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 
 
 class Batches:
-    """Mixture batches from token shards. Batch (step, micro, rank) draws sources by weight, then clips
-    uniformly, from a generator seeded by exactly those numbers: no hidden state to checkpoint."""
+    """Mixture batches from token shards. Batch (step, micro, rank) draws sources by weight, then clips, from a
+    generator seeded by exactly those numbers: no hidden state to checkpoint.
 
-    def __init__(self, shards: TokenShards, weights: dict[str, float], cfg: ModelConfig, seed: int):
+    `window_chunks` = 0: clips uniformly from the whole source (a clip read from zarr reads its whole storage
+    chunk, `CHUNK_CLIPS` clips). `window_chunks` = W > 0: chunk-level shuffling for shards larger than memory.
+    Each source's storage chunks are visited in a seeded random order, epoch after epoch; a rank draws its
+    clips uniformly from a window of W chunks that moves on when the window's clips have been drawn about
+    once, and the next rank takes the next window, so ranks read different data. The window is a function
+    of (seed, step, rank) too, its chunks are read once and cached: memory stays at W chunks per source
+    whatever the shards' size, and every chunk read is used."""
+
+    def __init__(self, shards: TokenShards, weights: dict[str, float], cfg: ModelConfig, seed: int,
+                 window_chunks: int = 0, world: int = 1, samples_per_step: int = 1):
         weights = dict(weights) or {n: 1.0 for n in shards.names}
         unknown = sorted(set(weights) - set(shards.names))
         missing = sorted(set(shards.names) - set(weights))
         if unknown or missing:
             raise ValueError(f"mixture weights: expected one per shard source {shards.names}, "
                              f"got unknown {unknown}, missing {missing}")
+        if window_chunks < 0:
+            raise ValueError(f"shuffle_window: expected 0 (off) or a number of chunks, got {window_chunks}")
         self.names = [n for n in shards.names if shards.n_clips(n) > 0]
         if not self.names:
             raise ValueError(f"token shards {shards.path}: expected training clips, found none")
         w = np.array([weights[n] for n in self.names], dtype=np.float64)
         self.probs = w / w.sum()
         self.shards, self.cfg, self.seed = shards, cfg, seed
+        self.window_chunks, self.world = window_chunks, world
+        self.chunk_reads = 0  # storage chunks read by windows (for the benchmark and the tests)
+        self._windows: dict[str, tuple] = {}  # name -> (window key, chunks, clip numbers, {chunk: rows})
+        self._bounds = {n: shards.chunk_bounds(n) for n in self.names} if window_chunks else {}
+        self._steps_per_window = {}
+        for n, p in zip(self.names, self.probs):
+            if window_chunks:
+                n_chunks = len(self._bounds[n]) - 1
+                window_clips = window_chunks * shards.n_clips(n) / n_chunks  # training clips in a window, on average
+                self._steps_per_window[n] = max(1, int(window_clips / (samples_per_step * p)))
 
     def sequences(self, name: str, index: np.ndarray, split: str = "train") -> torch.Tensor:
         ids = torch.from_numpy(self.shards.clips(name, index, split))
         return clip_to_sequence(ids, self.cfg, kind=self.shards.kinds[name])
 
-    def batch(self, step: int, micro: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk_order(self, i: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, i, epoch]).permutation(len(self._bounds[self.names[i]]) - 1)
+
+    def window(self, i: int, step: int, rank: int) -> tuple:
+        """(key, chunks, training clip numbers, cache) of source i's window at `step` on `rank`."""
+        name = self.names[i]
+        key = (step // self._steps_per_window[name], rank)
+        if name in self._windows and self._windows[name][0] == key:
+            return self._windows[name]
+        bounds, size = self._bounds[name], self.window_chunks
+        n_chunks = len(bounds) - 1
+        for extra in range(n_chunks + 1):  # a window of held-out clips only: take the next one
+            q = ((key[0] + extra) * self.world + rank) * size + np.arange(size)  # positions in the chunk order
+            chunks = np.unique([self._chunk_order(i, int(e))[r] for e, r in zip(q // n_chunks, q % n_chunks)])
+            numbers = np.concatenate([self.shards.in_split(name, bounds[c], bounds[c + 1]) for c in chunks])
+            if len(numbers):
+                break
+        self._windows[name] = (key, chunks, numbers, {})  # the previous window's chunks are dropped
+        return self._windows[name]
+
+    def draw(self, step: int, micro: int, rank: int, size: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(source index, batch rows, clip numbers) of batch (step, micro, rank)."""
         rng = np.random.default_rng([self.seed, step, micro, rank])
         src = rng.choice(len(self.names), size=size, p=self.probs)
-        seqs = torch.empty(size, 1 + self.shards.clip_frames * self.shards.grid**2 + 1, dtype=torch.long)
+        picks = []
         for s in np.unique(src):
             rows = np.flatnonzero(src == s)
             name = self.names[s]
-            seqs[rows] = self.sequences(name, rng.integers(0, self.shards.n_clips(name), size=len(rows)))
+            if self.window_chunks:
+                numbers = self.window(int(s), step, rank)[2]
+                picks.append((int(s), rows, numbers[rng.integers(0, len(numbers), size=len(rows))]))
+            else:
+                index = rng.integers(0, self.shards.n_clips(name), size=len(rows))
+                picks.append((int(s), rows, self.shards.clip_numbers(name, index)))
+        return picks
+
+    def _read_windowed(self, i: int, step: int, rank: int, numbers: np.ndarray) -> np.ndarray:
+        _, _, _, cache = self.window(i, step, rank)
+        bounds = self._bounds[self.names[i]]
+        chunk = np.searchsorted(bounds, numbers, side="right") - 1
+        out = None
+        for c in np.unique(chunk):
+            if c not in cache:  # one read of the whole chunk, kept while the window lasts
+                cache[c] = self.shards.read(self.names[i], np.arange(bounds[c], bounds[c + 1]))
+                self.chunk_reads += 1
+            sel = np.flatnonzero(chunk == c)
+            rows = cache[c][numbers[sel] - bounds[c]]
+            out = np.empty((len(numbers), *rows.shape[1:]), rows.dtype) if out is None else out
+            out[sel] = rows
+        return out
+
+    def cached_bytes(self) -> int:
+        return sum(a.nbytes for w in self._windows.values() for a in w[3].values())
+
+    def batch(self, step: int, micro: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = torch.empty(size, 1 + self.shards.clip_frames * self.shards.grid**2 + 1, dtype=torch.long)
+        for s, rows, numbers in self.draw(step, micro, rank, size):
+            name = self.names[s]
+            tokens = (self._read_windowed(s, step, rank, numbers) if self.window_chunks
+                      else self.shards.read(name, numbers))
+            seqs[rows] = clip_to_sequence(torch.from_numpy(tokens.astype(np.int64)), self.cfg, kind=self.shards.kinds[name])
         return seqs[:, :-1], seqs[:, 1:]
 
     def held_out(self, max_clips: int, size: int):
@@ -208,7 +284,8 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     mcfg, init = build_model_config(shards, model_node, cfg)
     tok_path = shards.attrs["tokenizer_checkpoint"]
     tokenizer = load_tokenizer(tok_path) if rank == 0 else None  # rank 0 writes it into every checkpoint
-    batches = Batches(shards, cfg.weights, mcfg, cfg.seed)
+    batches = Batches(shards, cfg.weights, mcfg, cfg.seed, window_chunks=cfg.shuffle_window, world=world,
+                      samples_per_step=cfg.batch_size * cfg.grad_accum)
 
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg)

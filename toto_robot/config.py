@@ -3,13 +3,24 @@ in Python, never in the YAML."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from toto_robot.model import ModelConfig, model_preset
 from toto_robot.tokenizer import TokenizerConfig, tokenizer_preset
 
-# The hydra config tree of every command line (the repository's top-level `configs/`).
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+def _config_dir() -> str:
+    """The hydra config tree of every command line: the repository's top-level `configs/`, installed as the
+    data-only package `toto_robot_configs` (setup.py), editable installs included."""
+    spec = importlib.util.find_spec("toto_robot_configs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("toto_robot_configs (the project's configs/) is not installed: "
+                                  "install the project (make setup, or pip install .)")
+    return str(Path(next(iter(spec.submodule_search_locations))).resolve())
+
+
+CONFIG_DIR = _config_dir()
 
 
 def _split_preset(node: dict, what: str) -> tuple[str, dict]:

@@ -1,8 +1,22 @@
 """Convert between a :class:`~toto_robot.store.TrajectoryStore` and a local LeRobotDataset v3.
 
-Key names map one to one: ``action`` stays ``action``, image keys become
-``observation.images.<key>`` and other keys ``observation.<key>``; importing strips those prefixes
-(and turns any remaining ``.`` into ``_``). Low-dimensional values survive a round trip exactly.
+One naming, LeRobot's, shared by export, import and the LeRobot plugins (plugins/):
+
+    store key                                    LeRobot feature
+    <camera>_image  (H, W, 3) uint8              observation.images.<camera>
+    state keys      1-D float32                  observation.state, one vector, names "<key>.<component>"
+    object state    object, object_pos           observation.environment_state, names likewise
+    action                                       action (names: the contract's components, else "action.<i>")
+    reward                                       next.reward
+    any other key                                observation.<key>
+
+State keys are packed in the shape contract's order (toto_robot/shapes.py ROBOSUITE_PANDA.state), then the
+store's other 1-D float32 keys in store order; each entry is named "<key>.<component>" ("robot0_eef_pos.x",
+the contract's component names) or "<key>.<i>". The store's ``robot_type`` attribute becomes the dataset's.
+Importing reverses this, splitting a packed vector by the key before each name's first ``.``; it also reads the
+older naming (``observation.<key>`` per key, ``observation.images.<camera>_image``, ``observation.reward``) and
+LeRobot recordings, whose ``observation.state`` becomes one key ``state`` unless its names are all
+"<key>.<component>". Low-dimensional values survive a round trip exactly.
 Images are written as mp4 video by default (lossy: :func:`toto_robot.image_metrics.psnr_uint8` measures the loss) or, with
 ``use_videos=False``, as PNG images inside the parquet files (lossless).
 
@@ -24,7 +38,15 @@ import numpy as np
 from tqdm import tqdm
 
 from toto_robot.image_metrics import psnr_uint8
-from toto_robot.store import TrajectoryStore
+from toto_robot.shapes import (
+    IMAGE_SUFFIX,
+    OBJECT_KEYS,
+    ROBOSUITE_PANDA,
+    ROBOSUITE_PANDA_COMPONENTS,
+    camera_name,
+    image_key,
+)
+from toto_robot.store import TrajectoryStore, is_image_spec
 
 # Frame fields LeRobot adds to every dataset; they are bookkeeping, not data.
 LEROBOT_DEFAULT_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
@@ -33,20 +55,67 @@ SIDECAR = "meta/toto_store.json"
 VIDEO_BACKEND = "pyav"
 
 
-def lerobot_feature_name(key: str, image: bool) -> str:
-    """Store key -> LeRobot feature name."""
-    if key == "action":
-        return key
-    return f"observation.images.{key}" if image else f"observation.{key}"
+OBS_STATE, OBS_ENV_STATE, OBS_IMAGES, REWARD = (
+    "observation.state", "observation.environment_state", "observation.images", "next.reward")
+VECTOR_FEATURES = (OBS_STATE, OBS_ENV_STATE)  # features that pack several store keys
+
+
+def vector_names(key: str, size: int) -> list[str]:
+    """Names of a vector key's entries: the contract's components when it has them ("robot0_eef_pos.x"; the
+    action's plain "dx"), else the index ("object.0")."""
+    components = ROBOSUITE_PANDA_COMPONENTS.get(key)
+    if components is None or len(components) != size:
+        components = tuple(str(i) for i in range(size))
+    return list(components) if key == "action" else [f"{key}.{c}" for c in components]
+
+
+def feature_names(schema: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, str]:
+    """Store key -> LeRobot feature name, for a store's schema ``{key: (shape, dtype)}``; ordered as the
+    features are laid out (keys packed into observation.state / environment_state in packing order)."""
+    images = {k for k, (shape, dtype) in schema.items() if is_image_spec(tuple(shape), np.dtype(dtype))}
+    packable = [k for k, (shape, dtype) in schema.items()
+                if k not in images and k not in ("action", "reward") and len(shape) == 1
+                and np.dtype(dtype) == np.float32]
+    env_state = [k for k in OBJECT_KEYS if k in packable]
+    state = [k for k in ROBOSUITE_PANDA.state_keys if k in packable]
+    state += [k for k in packable if k not in state and k not in env_state]
+    names = {k: f"{OBS_IMAGES}.{camera_name(k) if k.endswith(IMAGE_SUFFIX) else k}" for k in images}
+    names |= dict.fromkeys(state, OBS_STATE) | dict.fromkeys(env_state, OBS_ENV_STATE)
+    for key in schema:
+        if key not in names:
+            names[key] = {"action": "action", "reward": REWARD}.get(key, f"observation.{key}")
+    return names
 
 
 def store_key_name(feature: str) -> str:
-    """LeRobot feature name -> store key (inverse of :func:`lerobot_feature_name`)."""
-    for prefix in ("observation.images.", "observation."):
+    """LeRobot feature name (not a packed vector) -> store key: the camera's ``<camera>_image`` for an image,
+    the name without its ``observation.`` / ``next.`` prefix otherwise (old exports' names included)."""
+    if feature.startswith(OBS_IMAGES + "."):
+        camera = feature[len(OBS_IMAGES) + 1 :].replace(".", "_")
+        return camera if camera.endswith(IMAGE_SUFFIX) else image_key(camera)
+    for prefix in ("observation.", "next."):
         if feature.startswith(prefix):
             feature = feature[len(prefix) :]
             break
     return feature.replace(".", "_")
+
+
+def split_vector(feature: str, names: list[str] | None, size: int) -> list[tuple[str, int]]:
+    """A packed vector feature -> its store keys with their sizes, in order. Names "<key>.<component>" in
+    contiguous runs give one key per run; anything else is one key named after the feature ("state")."""
+    whole = [(store_key_name(feature), size)]
+    if names is None or len(names) != size or not all("." in str(n) for n in names):
+        return whole
+    runs: list[tuple[str, int]] = []
+    for name in names:
+        key = str(name).split(".")[0]
+        if runs and runs[-1][0] == key:
+            runs[-1] = (key, runs[-1][1] + 1)
+        elif any(k == key for k, _ in runs) or not key:
+            return whole  # a key in two places: not our packing
+        else:
+            runs.append((key, 1))
+    return runs
 
 
 def read_json(path: Path) -> Any:
@@ -119,34 +188,46 @@ def export_lerobot(
 def _write_lerobot(LeRobotDataset, store: TrajectoryStore, out_dir: Path, repo_id: str, fps: int,
                    use_videos: bool, progress: bool) -> None:
     images = set(store.image_keys)
-    names = {key: lerobot_feature_name(key, key in images) for key in store.keys}
-    features = {}
-    for key, (shape, dtype) in store.schema.items():
+    names = feature_names(store.schema)
+    features: dict[str, dict] = {}
+    packed: dict[str, list[str]] = {}  # vector feature -> its store keys, in order
+    for key, feature in names.items():
+        shape, dtype = store.schema[key]
         if key in images:
             kind = "video" if use_videos else "image"
-            features[names[key]] = {"dtype": kind, "shape": shape, "names": ["height", "width", "channels"]}
+            features[feature] = {"dtype": kind, "shape": shape, "names": ["height", "width", "channels"]}
+        elif feature in VECTOR_FEATURES:
+            packed.setdefault(feature, []).append(key)
+            spec = features.setdefault(feature, {"dtype": "float32", "shape": (0,), "names": []})
+            spec["names"] += vector_names(key, shape[0])
+            spec["shape"] = (len(spec["names"]),)
         else:
-            features[names[key]] = {"dtype": dtype.name, "shape": shape, "names": None}
+            vector = len(shape) == 1 and key != "reward"
+            features[feature] = {"dtype": dtype.name, "shape": shape,
+                                 "names": vector_names(key, shape[0]) if vector else None}
 
     dataset = LeRobotDataset.create(
         repo_id,
         fps=fps,
         features=features,
         root=out_dir,
+        robot_type=store.attrs.get("robot_type"),  # an optional attribute (older stores lack it)
         use_videos=use_videos,
         video_backend=VIDEO_BACKEND,
     )
     for i in tqdm(range(store.n_episodes), desc="export episodes", disable=not progress):
         data, task = store.episode(i), store.episode_meta(i)["task"]
+        columns = {names[key]: value for key, value in data.items() if names[key] not in packed}
+        columns |= {feature: np.concatenate([data[k] for k in keys], axis=1) for feature, keys in packed.items()}
         for t in range(store.episode_meta(i)["length"]):
-            dataset.add_frame({names[key]: value[t] for key, value in data.items()} | {"task": task})
+            dataset.add_frame({feature: value[t] for feature, value in columns.items()} | {"task": task})
         dataset.save_episode()
     dataset.finalize()
 
     sidecar = {
         "attrs": store.attrs,
         "episodes": [store.episode_meta(i) for i in range(store.n_episodes)],
-        "keys": names,
+        "keys": dict(zip(store.keys, (names[k] for k in store.keys), strict=True)),  # in the store's order
     }
     (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=1))
 
@@ -185,23 +266,28 @@ def import_lerobot(
     dataset = LeRobotDataset(repo_id, root=lerobot_dir, video_backend=VIDEO_BACKEND)
     meta = dataset.meta
 
-    schema, keys = {}, {}
+    schema: dict[str, tuple[tuple[int, ...], str]] = {}
+    keys: dict[str, tuple[str, slice | None]] = {}  # store key -> (feature, its slice of a packed vector)
     for feature, spec in meta.features.items():
         if feature in LEROBOT_DEFAULT_FEATURES:
             continue
         if spec["dtype"] in ("string", "language"):
             logging.getLogger(__name__).warning("skipping text feature %s", feature)
             continue
-        key = store_key_name(feature)
-        if key in schema:
-            raise ValueError(f"features {keys[key]!r} and {feature!r} both map to store key {key!r}")
         shape = tuple(spec["shape"])
         if spec["dtype"] in ("video", "image"):
-            shape = _hwc(shape, spec.get("names"))
-            schema[key] = (shape, "uint8")
+            parts = [(store_key_name(feature), _hwc(shape, spec.get("names")), "uint8", None)]
+        elif feature in VECTOR_FEATURES and len(shape) == 1:
+            parts, start = [], 0
+            for key, size in split_vector(feature, spec.get("names"), shape[0]):
+                parts.append((key, (size,), spec["dtype"], slice(start, start + size)))
+                start += size
         else:
-            schema[key] = (shape, spec["dtype"])
-        keys[key] = feature
+            parts = [(store_key_name(feature), shape, spec["dtype"], None)]
+        for key, key_shape, dtype, part in parts:
+            if key in schema:
+                raise ValueError(f"features {keys[key][0]!r} and {feature!r} both map to store key {key!r}")
+            schema[key], keys[key] = (key_shape, dtype), (feature, part)
 
     sidecar_path = lerobot_dir / SIDECAR
     sidecar = read_json(sidecar_path) if sidecar_path.is_file() else None
@@ -213,6 +299,10 @@ def import_lerobot(
     attrs: dict[str, Any] = {"fps": meta.fps, "robot_type": meta.robot_type, "lerobot_repo_id": repo_id}
     if sidecar is not None:
         attrs = sidecar["attrs"]
+        if set(sidecar["keys"]) != set(schema):
+            raise ValueError(f"{sidecar_path} names the store keys {sorted(sidecar['keys'])} but the dataset's "
+                             f"features give {sorted(schema)}; remove it or re-export")
+        schema = {key: schema[key] for key in sidecar["keys"]}  # the store's key order
     store = TrajectoryStore.create(store_path, schema, attrs, zarr_format=zarr_format)
     try:
         _import_episodes(dataset, decode_video_frames, store, lerobot_dir, keys, schema, sidecar, repo_id, progress)
@@ -230,7 +320,7 @@ def _import_episodes(dataset, decode_video_frames, store: TrajectoryStore, lerob
         episode = meta.episodes[ep]
         rows = frames[episode["dataset_from_index"] : episode["dataset_to_index"]]
         data = {}
-        for key, feature in keys.items():
+        for key, (feature, part) in keys.items():
             spec = meta.features[feature]
             if spec["dtype"] == "video":
                 video_path = lerobot_dir / meta.get_video_file_path(ep, feature)
@@ -242,7 +332,9 @@ def _import_episodes(dataset, decode_video_frames, store: TrajectoryStore, lerob
                 data[key] = video.permute(0, 2, 3, 1).numpy()  # (T, H, W, C)
             else:
                 # The numpy format decodes PNG frames to (T, H, W, C) uint8 and stacks value columns.
-                data[key] = np.asarray(rows[feature], dtype=schema[key][1]).reshape(-1, *schema[key][0])
+                column = np.asarray(rows[feature])
+                column = column.reshape(len(column), -1)[:, part] if part is not None else column
+                data[key] = np.asarray(column, dtype=schema[key][1]).reshape(-1, *schema[key][0])
         if sidecar is not None:
             episode_meta = sidecar["episodes"][ep]
         else:

@@ -136,3 +136,19 @@ ROBOSUITE_PANDA = ShapeMeta(
     state={"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2},
     action_dim=7,
 )
+
+# Per-dimension names of the contract's vectors (a LeRobot feature's `names`): a state key's entries are named
+# "<key>.<component>" ("robot0_eef_pos.x"), the action's by their component alone ("dx").
+ROBOSUITE_PANDA_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "robot0_eef_pos": ("x", "y", "z"),
+    "robot0_eef_quat": ("x", "y", "z", "w"),
+    "robot0_gripper_qpos": ("left", "right"),
+    "action": ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"),
+}
+if {k: len(v) for k, v in ROBOSUITE_PANDA_COMPONENTS.items()} != {**ROBOSUITE_PANDA.state,
+                                                                   "action": ROBOSUITE_PANDA.action_dim}:
+    raise RuntimeError(f"ROBOSUITE_PANDA_COMPONENTS {ROBOSUITE_PANDA_COMPONENTS} do not match the contract's "
+                       f"state {ROBOSUITE_PANDA.state} and action size {ROBOSUITE_PANDA.action_dim}")
+# Privileged object state that collection stores beside the observation (envs/robosuite_env.py documents the
+# keys); LeRobot calls it the environment state (observation.environment_state), which image policies ignore.
+OBJECT_KEYS = ("object", "object_pos")

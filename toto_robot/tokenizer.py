@@ -167,8 +167,11 @@ class EMAVectorQuantizer(nn.Module):
     @torch.no_grad()
     def _init_from(self, z: torch.Tensor):
         idx = torch.randint(0, z.shape[0], (self.num_codes,), device=z.device)
-        self.codebook.copy_(z[idx])
-        self.embed_sum.copy_(z[idx])
+        init = z[idx]
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(init, 0)  # every rank starts from rank 0's codes (each rank's batch differs)
+        self.codebook.copy_(init)
+        self.embed_sum.copy_(init)
         self.cluster_size.fill_(1.0)
         self.initialized.fill_(True)
 

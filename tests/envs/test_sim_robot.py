@@ -133,11 +133,12 @@ def test_loop_holds_its_rate_on_the_simulated_robot():
 @pytest.mark.render
 def test_faults_are_injected_as_configured():
     base = SimRobot(SimRobotConfig(camera_names=["agentview"], image_size=32))
-    robot = FaultyRobot(base, FaultConfig(dropped_frames=[2], camera_stall=[[4, 9]], latency_spike=[[10, 0.15]],
+    robot = FaultyRobot.wrap(base, FaultConfig(dropped_frames=[2], camera_stall=[[4, 9]], latency_spike=[[10, 0.15]],
                                           nan_state=[[11, 12]], disconnect_at=13, camera_timeout_s=0.5))
     robot.connect()
     try:
         obs = [robot.get_observation()]
+        stamps = [robot.cameras["agentview"].latest_timestamp]  # capture times, beside the observation
         for i in range(1, 13):
             robot.send_action({**dict.fromkeys(ACTION_NAMES, 0.0), "dx": 1.0})  # the arm moves: frames change
             if i in (5, 6, 7):  # the stall outlasts camera_timeout_s even when a step is fast; a step under
@@ -146,13 +147,14 @@ def test_faults_are_injected_as_configured():
                 obs.append(robot.get_observation())
             except TimeoutError:
                 obs.append(None)
+            stamps.append(robot.cameras["agentview"].latest_timestamp)
         assert np.array_equal(obs[2]["agentview"], obs[1]["agentview"])  # dropped frame: the previous one
         assert not np.array_equal(obs[3]["agentview"], obs[2]["agentview"])
         assert np.array_equal(obs[4]["agentview"], obs[3]["agentview"])  # the stall freezes the last frame
-        assert obs[4]["agentview.timestamp"] == obs[3]["agentview.timestamp"]
+        assert stamps[4] == stamps[3]
         assert None in obs[5:9]  # past camera_timeout_s a stalled camera raises TimeoutError
         assert obs[9] is not None and not np.array_equal(obs[9]["agentview"], obs[3]["agentview"])
-        assert time.perf_counter() - obs[10]["agentview.timestamp"] >= 0.15  # arrived late, as old as the delay
+        assert time.perf_counter() - stamps[10] >= 0.15  # arrived late, as old as the delay
         assert np.isnan(obs[11]["eef_pos.x"]) and not np.isnan(obs[10]["eef_pos.x"])
         with pytest.raises(DeviceNotConnectedError):
             robot.get_observation()
@@ -172,7 +174,7 @@ def test_loop_survives_faults_and_logs_them(tmp_path):
     policy = ReferencePolicy(StreamingEncoder(TotoEncoder(tok, model), window=4),
                              ReferencePolicyConfig(state_keys=list(STATE), horizon=4))
     faults = FaultConfig(camera_stall=[[6, 14]], nan_state=[[18, 19]], disconnect_at=24)
-    robot = FaultyRobot(make_lerobot_robot({"type": "toto_sim", "camera_names": ["agentview"], "image_size": 64}),
+    robot = FaultyRobot.wrap(make_lerobot_robot({"type": "toto_sim", "camera_names": ["agentview"], "image_size": 64}),
                         faults)
     # n_steps leaves room for skipped ticks on a loaded machine: the disconnect (robot call 24) ends it anyway
     loop = LoopConfig(rate_hz=10, n_steps=120, max_obs_age_s=0.25, max_hold_s=2.0)
@@ -190,3 +192,20 @@ def test_loop_survives_faults_and_logs_them(tmp_path):
     back = TrajectoryStore.open(tmp_path / "sim.zarr")
     assert back.n_episodes == 1 and back.episode_meta(0)["status"] == DISCONNECTED
     assert back.episode(0)["agentview_image"].shape[1:] == (64, 64, 3)
+
+
+def test_lerobots_factory_builds_the_simulated_and_the_faulty_robot():
+    """make_robot_from_config (what lerobot-record and lerobot-teleoperate call) builds both our robot types,
+    from configs decoded as LeRobot's command line decodes them."""
+    from lerobot.robots import make_robot_from_config
+    from lerobot.utils.feature_utils import hw_to_dataset_features
+
+    sim = make_robot_from_config(lerobot_robot_config({"type": "toto_sim", "camera_names": ["agentview"]}))
+    assert type(sim) is SimRobot and set(sim.cameras) == {"agentview"}
+    # LeRobot's recorder: 9 state values, the camera's capture time kept out of observation.state
+    features = hw_to_dataset_features(sim.observation_features, "observation")
+    assert features["observation.state"]["names"] == [n for names in STATE_NAMES.values() for n in names]
+    faulty = make_robot_from_config(lerobot_robot_config(
+        {"type": "toto_faulty", "camera_names": [], "faults": {"dropped_frames": [3]}}))
+    assert type(faulty) is FaultyRobot and type(faulty.robot) is SimRobot and faulty.faults.dropped_frames == [3]
+    assert faulty.action_features == sim.action_features

@@ -72,7 +72,7 @@ def test_the_three_commands_on_a_folder_with_a_corrupt_file(tmp_path):
      "expected a directory of videos at /nonexistent/videos, found nothing"),
     ("tokenize", ["tokenizer_checkpoint=/nonexistent/tok"],
      "checkpoint /nonexistent/tok: expected /nonexistent/tok/config.json, found no such file"),
-    ("pretrain", ["shards=/nonexistent/tokens.zarr"], "expected progress.json in /nonexistent/tokens.zarr"),
+    ("pretrain", ["shards=/nonexistent/tokens.zarr"], "expected index.json in /nonexistent/tokens.zarr"),
     ("pretrain", ["train.strategy=zero3"], "expected one of ('none', 'ddp', 'fsdp'), got 'zero3'"),
 ])
 def test_bad_input_is_a_clear_error(module, overrides, message, tmp_path):

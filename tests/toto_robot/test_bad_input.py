@@ -148,7 +148,7 @@ CASES = [
     ("pretrain", ["train.strategy=zero3"], ["expected one of ('none', 'ddp', 'fsdp'), got 'zero3'"]),
     ("pretrain", ["train.held_out=most"], ["TrainConfig.held_out: expected a number, found 'most'"]),
     ("pretrain", ["data.sources.synthetic.weight=heavy"], ["data.sources.synthetic.weight: expected a number, found 'heavy'"]),
-    ("pretrain", ["shards=/nonexistent/tokens.zarr"], ["expected progress.json in /nonexistent/tokens.zarr"]),
+    ("pretrain", ["shards=/nonexistent/tokens.zarr"], ["expected index.json in /nonexistent/tokens.zarr"]),
     ("tokenize", ["data=folder", f"data.sources.videos.root={I}/videos", "tokenizer_checkpoint=/nonexistent/tok"],
      ["checkpoint /nonexistent/tok: expected /nonexistent/tok/config.json, found no such file"]),
     ("tokenize", ["data=folder", f"data.sources.videos.root={I}/videos", f"tokenizer_checkpoint={I}/cut_json"],

@@ -86,11 +86,12 @@ def run(cfg: DictConfig) -> Path:
         policy = instantiate(cfg.policy)
     robot = make_lerobot_robot(OmegaConf.to_container(cfg.robot.lerobot, resolve=True))
     if faults is not None:
-        robot = FaultyRobot(robot, faults)
+        robot = FaultyRobot.wrap(robot, faults)
     output = Path(cfg.output) if cfg.output else Path("outputs/deploy") / f"{cfg.robot.name}.zarr"
     adapter = LeRobotAdapter(robot, mapping)
     store = open_log(output, adapter.observation_spec(), adapter.action_dim,
                      {"fps": loop.rate_hz, "robot": OmegaConf.to_container(cfg.robot, resolve=True),
+                      "robot_type": cfg.robot.lerobot.type,
                       "instruction": cfg.robot.instruction})
     interrupted, stops = False, []
     with adapter:

@@ -1,0 +1,95 @@
+"""Tokenization across ranks and resharded resumes, and DDP tokenizer training, on 2 gloo ranks.
+
+One torchrun launch (`dist_worker.py`) does the 2-rank work; the 1-process references and the 2 -> 1
+resume run here."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+from pretrain.data import VideoSource
+from pretrain.shards import INDEX_FILE, TokenShards, load_tokenizer, save_tokenizer, tokenize_sources
+from tests.pretrain.helpers import CLIP, REPO, SIZE, STRIDE, square_videos, tiny_tokenizer
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SHARDS = 3  # 6 items (5 videos and a broken file): shards of 2 items; rank 0 writes shards 0 and 2, rank 1 shard 1
+
+
+def _store(path) -> dict:
+    """Everything a store holds that the reader uses: its index and every shard's rows."""
+    root = zarr.open_group(path, mode="r")
+    index = json.loads((path / INDEX_FILE).read_text())
+    return {"index": index, **{s: root["videos"][f"{s:05d}"][:] for s in range(len(index["videos"]["shards"]))}}
+
+
+def _assert_same(a, b):
+    sa, sb = _store(a), _store(b)
+    assert sa["index"] == sb["index"]
+    for k in sa.keys() - {"index"}:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=f"shard {k}")
+
+
+def _half_written(path, shard: int, keep_items: int):
+    """What a killed writer leaves: no index; `shard` committed up to `keep_items` items, rows past the commit."""
+    (path / INDEX_FILE).unlink()
+    progress = path / "progress" / "videos" / f"{shard:05d}.json"
+    state = json.loads(progress.read_text())
+    assert not state["skipped"]  # (a shard without the broken file)
+    n = sum(state["item_clips"][:keep_items])
+    state.update(done=keep_items, n_clips=n, item_clips=state["item_clips"][:keep_items], complete=False)
+    progress.write_text(json.dumps(state))
+    ids = zarr.open_group(path, mode="a")["videos"][f"{shard:05d}"]
+    ids.resize((n + 2, *ids.shape[1:]))
+    ids[n:] = 5
+
+
+@pytest.mark.slow
+def test_two_ranks_tokenize_like_one_process_and_resume_with_any_number_of_ranks(tmp_path):
+    videos = square_videos(tmp_path / "videos", n=5, frames=24, size=48)
+    (videos / "broken.webm").write_bytes(b"\x1a\x45\xdf\xa3 not really webm")
+    save_tokenizer(tmp_path / "tokenizer", tiny_tokenizer())
+    tok = load_tokenizer(tmp_path / "tokenizer")
+    src = VideoSource("videos", videos, size=SIZE, clip_frames=CLIP, stride=STRIDE)
+    common = {"tokenizer_path": str(tmp_path / "tokenizer"), "progress": False, "shards_per_source": SHARDS,
+              "workers": 0}
+    one = {k: v for k, v in tokenize_sources([src], tok, tmp_path / "one.zarr", **common)["videos"].items()
+           if not k.startswith("rank_")}
+    assert (one["items"], one["skipped"], one["clips"]) == (6, 1, 15)
+    shutil.copytree(tmp_path / "one.zarr", tmp_path / "resumed.zarr")
+    _half_written(tmp_path / "resumed.zarr", shard=1, keep_items=1)  # 1 process stopped; 2 ranks resume
+
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "tests/pretrain/dist_worker.py",
+                           str(tmp_path)], check=False, capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**ENV, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+    # Tokenization: the same shards and index as one process; each rank reports its share, the shares add up.
+    _assert_same(tmp_path / "one.zarr", tmp_path / "two.zarr")
+    _assert_same(tmp_path / "one.zarr", tmp_path / "resumed.zarr")
+    for r in ranks:
+        assert {k: r["fresh"][k] for k in one} == one
+    assert [r["fresh"]["rank_shards"] for r in ranks] == [2, 1] and [r["fresh"]["rank_items"] for r in ranks] == [4, 2]
+    assert sum(r["fresh"]["rank_clips"] for r in ranks) == one["clips"]
+    assert "rank 0 of 2: source videos: shards [0, 2] (2 of 3), 4 of 6 items" in proc.stdout
+    assert "rank 1 of 2: source videos: shards [1] (1 of 3), 2 of 6 items" in proc.stdout
+    a, b = TokenShards(tmp_path / "one.zarr", held_out=0.3), TokenShards(tmp_path / "two.zarr", held_out=0.3)
+    assert a.ranges["videos"]["held_out"][0].tolist() == b.ranges["videos"]["held_out"][0].tolist()  # same split
+
+    # 2 ranks stopped (rank 1's shard half written): one process finishes it.
+    shutil.copytree(tmp_path / "two.zarr", tmp_path / "two_then_one.zarr")
+    _half_written(tmp_path / "two_then_one.zarr", shard=1, keep_items=1)
+    tokenize_sources([src], tok, tmp_path / "two_then_one.zarr", **common)
+    _assert_same(tmp_path / "one.zarr", tmp_path / "two_then_one.zarr")
+
+    # DDP tokenizer training: one codebook from the first step on, the same weights on both ranks.
+    for r in ranks:
+        assert r["vq_same_codebook"] and r["ddp_same_codebook"] and r["ddp_same_weights"]
+        assert r["ddp_world_size"] == 2 and r["ddp_checkpoint"]
