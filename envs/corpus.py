@@ -222,11 +222,11 @@ def corpus_schema(config: CorpusConfig) -> dict[str, tuple[tuple[int, ...], str]
 
 
 def open_or_create(path: Path, config: CorpusConfig) -> TrajectoryStore:
+    """The corpus store, created when missing (safe when several processes start on one new path: the store's
+    own open_or_create), then checked to be a corpus built with these settings."""
     attrs = config.store_attrs()
-    if not path.exists():
-        next_seed = {task: config.seed_start for task in config.corpus_tasks}
-        return TrajectoryStore.create(path, corpus_schema(config), {**attrs, "next_seed": next_seed})
-    store = TrajectoryStore.open(path, mode="a")
+    next_seed = {task: config.seed_start for task in config.corpus_tasks}
+    store = TrajectoryStore.open_or_create(path, corpus_schema(config), {**attrs, "next_seed": next_seed})
     stored = store.attrs
     if stored.get("kind") != CORPUS_KIND:  # a store toto-corpus did not write has no "kind"
         raise ValueError(f"{path} is not a toto-corpus store (it has no kind {CORPUS_KIND!r}): use another output")

@@ -35,6 +35,7 @@ def _wrapped():
     (_raise(ValueError("policy: expected expert, got 'smart'")), "policy: expected expert, got 'smart'"),
     (_raise(FileNotFoundError("no store at /x")), "no store at /x"),
     (_raise(FileExistsError("/x exists")), "/x exists"),
+    (_raise(TimeoutError("/x.zarr: locked by pid 7 for 600 s")), "/x.zarr: locked by pid 7 for 600 s"),
     (lambda cfg: _wrapped(), "env.image_size: expected a positive even number, got 7"),
 ])
 def test_bad_input_is_one_line_and_status_2(monkeypatch, capsys, run, message):

@@ -7,7 +7,7 @@
 - 0, done.
 - 2, bad input or configuration: an override hydra cannot parse or compose (an unknown key, a missing config
   option), or an error `run` raises for what it was given: a ValueError, FileNotFoundError, FileExistsError or
-  NotADirectoryError, or an InstantiationException from a config node that hydra builds
+  NotADirectoryError (or a TimeoutError: a store locked by another process), or an InstantiationException from a config node that hydra builds
   (unwrapped to its cause: the node's validation message). One line `toto-<name>: error: <message>` on stderr.
 - 3, stopped: `run` raised `Stopped` (toto-deploy: a safety stop or a lost robot). One line
   `toto-<name>: stopped: <message>`.
@@ -50,7 +50,9 @@ class Stopped(Exception):
     """The run stopped before it was done, as designed: a safety stop, a robot that went away (exit status 3)."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+# TimeoutError: a store's lock held past its timeout by another process; the message names the holder's PID.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                                           TimeoutError)
 
 
 def one_line(message: object) -> str:
