@@ -51,6 +51,22 @@ def test_each_head_learns_a_separable_task(head):
     assert head_accuracy(head, x[:160], shuffled, x[160:], y[160:], 4, cfgs, seed=0) < 0.55
 
 
+def test_position_embedding_reads_where_a_token_is():
+    """The class is which of 4 token positions holds the one marked token: as a set the rows are alike, so only
+    the probe with a position embedding can tell them apart."""
+    g = torch.Generator().manual_seed(0)
+    n, p, c = 240, 4, 8
+    y = np.arange(n) % p
+    x = 0.1 * torch.randn(n, p, c, generator=g)
+    x[torch.arange(n), torch.as_tensor(y), 0] += 3.0  # the marked token: channel 0 high
+    accs = {}
+    for pos in (False, True):
+        cfgs = HeadConfigs(AttentiveConfig(epochs=60, batch_size=32, lr=1e-2, position_embedding=pos), LinearConfig(),
+                           KnnConfig())
+        accs[pos] = head_accuracy("attentive", x[:160], y[:160], x[160:], y[160:], p, cfgs, seed=0)
+    assert accs[True] >= 0.9 and accs[False] < 0.5, accs
+
+
 # ---------------------------------------------------------------- tracking: propagation and scores
 def colour_oracle(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (T, H, W, 64): one-hot of the pixel's colour, 4 levels a channel."""

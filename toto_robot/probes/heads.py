@@ -39,6 +39,10 @@ class AttentiveConfig:
     warmup_epochs: int = 1
     num_heads: int = 4
     mlp_ratio: int = 4
+    # a learned embedding per token position (frame x patch) added before attention: the tiny encoders' features
+    # carry little position of their own (RoPE rotates queries and keys only), so without it the probe sees the
+    # tokens as an unordered set and cannot read, say, the direction something moves
+    position_embedding: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "num_heads", "mlp_ratio"):
@@ -84,8 +88,12 @@ class AttentiveProbe(nn.Module):
     token costs O(heads * C) instead of O(C^2) (the key bias shifts every logit of a head equally and drops out
     of the softmax, so keys have none)."""
 
-    def __init__(self, dim: int, n_classes: int, num_heads: int = 4, mlp_ratio: int = 4):
+    def __init__(self, dim: int, n_classes: int, num_heads: int = 4, mlp_ratio: int = 4,
+                 n_tokens: int | None = None):
         super().__init__()
+        # n_tokens: a learned position embedding (1, N, C) added to the tokens (AttentiveConfig.position_embedding)
+        # unit scale, as the standardised tokens it is added to: distinct positions are told apart from the start
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, dim)) if n_tokens else None
         if dim % num_heads:
             num_heads = 1
         self.num_heads, self.head_dim = num_heads, dim // num_heads
@@ -102,6 +110,8 @@ class AttentiveProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
         h, d = self.num_heads, self.head_dim
+        if self.pos is not None:
+            x = x + self.pos  # (B, N, C)
         q = self.wq(self.query).view(h, d)  # (H, D)
         kq = torch.einsum("hd,hdc->hc", q, self.wk.weight.view(h, d, c))  # (H, C): W_k,h^T q_h
         attn = ((x @ kq.T) / d ** 0.5).softmax(dim=1)  # (B, N, H): over the tokens
@@ -117,7 +127,8 @@ def attentive_predict(f_train: torch.Tensor, y_train: np.ndarray, f_test: torch.
     """Train an AttentiveProbe on (N, P, C) tokens, return its class predictions for f_test."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    probe = AttentiveProbe(f_train.shape[-1], n_classes, cfg.num_heads, cfg.mlp_ratio)
+    probe = AttentiveProbe(f_train.shape[-1], n_classes, cfg.num_heads, cfg.mlp_ratio,
+                           n_tokens=f_train.shape[1] if cfg.position_embedding else None)
     flat = f_train.float().reshape(-1, f_train.shape[-1])
     mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)  # per channel, over every training token
     x_train, x_test = (f_train.float() - mean) / std, (f_test.float() - mean) / std
