@@ -75,8 +75,6 @@ def run(cfg: DictConfig) -> Path:
     faults = None
     if cfg.faults is not None:
         faults = build(FaultConfig, OmegaConf.to_container(cfg.faults, resolve=True), "faults")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     loop = instantiate(cfg.loop)
     safety = instantiate(cfg.robot.safety, _convert_="all")
     mapping = RobotMapping(**OmegaConf.to_container(cfg.robot.mapping, resolve=True))

@@ -39,10 +39,17 @@ from hydra.errors import (
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from toto_robot.commands.status import (  # noqa: F401  (EXIT_* re-exported for commands and tests)
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    USER_ERRORS,
+)
 from toto_robot.config import CONFIG_DIR
 from toto_robot.threads import configure_threads
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
@@ -50,9 +57,6 @@ class Stopped(Exception):
     """The run stopped before it was done, as designed: a safety stop, a robot that went away (exit status 3)."""
 
 
-# TimeoutError: a store's lock held past its timeout by another process; the message names the holder's PID.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                                           TimeoutError)
 
 
 def one_line(message: object) -> str:

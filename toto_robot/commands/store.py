@@ -16,12 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from toto_robot.commands.status import EXIT_BAD_INPUT, EXIT_OK, USER_ERRORS
 from toto_robot.store import TrajectoryStore, has_checksum
-
-# entry.py's exit statuses and bad-input errors, repeated rather than imported: entry.py imports torch
-# (through the config), which would add seconds to every `toto-store info`.
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, TimeoutError)
 
 
 def build_parser() -> argparse.ArgumentParser:
