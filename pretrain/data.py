@@ -13,6 +13,11 @@ function the robot's observations go through too. Source kinds:
 - `generated`: writes a small folder of synthetic mp4s once (the zero-configuration default), then
   reads it like `videos`.
 
+A `videos` or `images` root (and a manifest) is a local path or an fsspec URL (s3://, gs://, memory://,
+file://; `pretrain.urls`): its files are listed and opened through fsspec, and a video is decoded by PyAV
+from the file object, so nothing is copied to local disk first. A `zarr` or `generated` root is local: the
+trajectory store opens local paths only, and generated videos are written to a local folder.
+
 Clip sampling (`clip_indices`): 16 frames, one in every 4 by default; a video yields consecutive,
 non-overlapping clips; a video too short for one clip yields a single clip whose missing frames repeat
 the last frame. Unreadable items are skipped and counted (`strict=True` raises instead).
@@ -21,9 +26,11 @@ the last frame. Unreadable items are skipped and counted (`strict=True` raises i
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +38,7 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pretrain import urls
 from toto_robot.frames import preprocess_frame, preprocess_frames
 from toto_robot.typecheck import check_value
 from toto_robot.video import write_mp4
@@ -69,20 +77,33 @@ def video_frame(frame: av.VideoFrame, size: int) -> np.ndarray:
     return preprocess_frame(frame.to_ndarray(format="rgb24"), size)
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
-    """An image file -> (size, size, 3) uint8 through `preprocess_frame`."""
-    with Image.open(path) as img:
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """An image file (a path or a URL) -> (size, size, 3) uint8 through `preprocess_frame`."""
+    with urls.open_file(path) as f, Image.open(f) as img:
         return preprocess_frame(np.asarray(img.convert("RGB")), size)
 
 
-def video_clips(path: Path, size: int, clip_frames: int, stride: int) -> Iterator[np.ndarray]:
+@contextmanager
+def open_video(path: str | Path) -> Iterator[av.container.InputContainer]:
+    """PyAV's container of a video file: opened by FFmpeg from a local path, from fsspec's file object for a
+    URL (read as FFmpeg asks, in the file system's blocks: a front-to-back decode reads the file about once)."""
+    local = urls.local_path(path)
+    if local is not None:
+        with av.open(str(local)) as container:
+            yield container
+        return
+    with urls.open_file(path) as f, av.open(f) as container:
+        yield container
+
+
+def video_clips(path: str | Path, size: int, clip_frames: int, stride: int) -> Iterator[np.ndarray]:
     """Decode a video once, front to back, yielding the clips `clip_indices` describes.
 
     The number of frames is not trusted from the container (often missing or wrong), so the rule is
     applied while streaming: every `stride`-th frame is kept and each `clip_frames` of them form a clip."""
     kept: list[np.ndarray] = []
     n_clips, last, n = 0, None, 0
-    with av.open(str(path)) as container:
+    with open_video(path) as container:
         if not container.streams.video:
             raise ValueError(f"{path}: expected a video stream, found none")
         stream = container.streams.video[0]
@@ -103,7 +124,7 @@ def video_clips(path: Path, size: int, clip_frames: int, stride: int) -> Iterato
             yield np.stack(kept + [tail] * (clip_frames - len(kept)))
 
 
-def frame_folder_clips(paths: list[Path], size: int, clip_frames: int, stride: int) -> Iterator[np.ndarray]:
+def frame_folder_clips(paths: list[str], size: int, clip_frames: int, stride: int) -> Iterator[np.ndarray]:
     for idx in clip_indices(len(paths), clip_frames, stride):
         yield np.stack([load_image(paths[i], size) for i in idx])
 
@@ -167,16 +188,16 @@ class Source:
 
 
 class VideoSource(Source):
-    """Video files and folders of frames under `root`, or the clips a manifest lists."""
+    """Video files and folders of frames under `root` (a path or a URL), or the clips a manifest lists."""
 
     def __init__(self, name: str, root: str | Path, manifest: str | Path | None = None, **kw):
         super().__init__(name, **kw)
-        self.root = Path(root)
-        self.manifest = Path(manifest) if manifest else None
-        if not self.root.is_dir():
+        self.root = urls.location(root)
+        self.manifest = urls.location(manifest) if manifest else None
+        if not urls.is_dir(self.root):
             raise SourceError(f"source {name!r}: expected a directory of videos at {self.root}, found "
-                              f"{'a file' if self.root.exists() else 'nothing'}")
-        if self.manifest is not None and not self.manifest.is_file():
+                              f"{'a file' if urls.exists(self.root) else 'nothing'}")
+        if self.manifest is not None and not urls.is_file(self.manifest):
             raise SourceError(f"source {name!r}: expected a manifest file at {self.manifest}, found nothing")
 
     def _expected(self) -> str:
@@ -185,36 +206,36 @@ class VideoSource(Source):
 
     def _list_items(self) -> list[str]:
         if self.manifest is not None:
-            return [str(p) for p in read_manifest(self.manifest, self.root)]
-        items = [p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS]
-        frame_dirs = {p.parent for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
-        return sorted(str(p) for p in items + sorted(frame_dirs))
+            return read_manifest(self.manifest, self.root)
+        files = urls.find(self.root)
+        items = [f for f in files if urls.suffix(f) in VIDEO_EXTENSIONS]
+        frame_dirs = {urls.parent(f) for f in files if urls.suffix(f) in IMAGE_EXTENSIONS}
+        return sorted(items + sorted(frame_dirs))
 
     def item_key(self, item: str) -> str:
-        """The path below `root`, so the split survives moving the dataset."""
-        path = Path(item)
-        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else item
+        """The path below `root`, so the split survives moving the dataset (to an object store too)."""
+        return urls.relative(item, self.root) or item
 
     def clips(self, item: str) -> Iterator[np.ndarray]:
-        path = Path(item)
-        if path.is_dir():
-            frames = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if urls.is_dir(item):
+            frames = sorted(f for f in urls.listdir(item) if urls.suffix(f) in IMAGE_EXTENSIONS)
             return frame_folder_clips(frames, self.size, self.clip_frames, self.stride)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: listed but missing")
-        return video_clips(path, self.size, self.clip_frames, self.stride)
+        if not urls.is_file(item):
+            raise FileNotFoundError(f"{item}: listed but missing")
+        return video_clips(item, self.size, self.clip_frames, self.stride)
 
 
-def read_manifest(manifest: Path, root: Path) -> list[Path]:
-    """Clips listed by an Ego4D-style manifest, resolved under `root`.
+def read_manifest(manifest: str | Path, root: str | Path) -> list[str]:
+    """Clips listed by an Ego4D-style manifest, resolved under `root` (either a path or a URL).
 
     CSV: a `path` column, or `video_uid` / `clip_uid` (the file is `<uid>.mp4`). JSON: a list of such
     records or of paths, or an object with a `videos` or `clips` list (Ego4D's metadata files)."""
-    if manifest.suffix.lower() == ".csv":
-        with open(manifest, newline="") as f:
-            records: list = list(csv.DictReader(f))
-    elif manifest.suffix.lower() == ".json":
-        data = json.loads(manifest.read_text())
+    kind = urls.suffix(manifest)
+    if kind == ".csv":
+        with urls.open_file(manifest) as f:
+            records: list = list(csv.DictReader(io.TextIOWrapper(f, newline="")))
+    elif kind == ".json":
+        data = json.loads(urls.read_text(manifest))
         if isinstance(data, dict):
             key = next((k for k in ("videos", "clips") if k in data), None)
             if key is None:
@@ -223,18 +244,18 @@ def read_manifest(manifest: Path, root: Path) -> list[Path]:
             data = data[key]
         records = data
     else:
-        raise SourceError(f"manifest {manifest}: expected a .csv or .json file, found {manifest.suffix!r}")
+        raise SourceError(f"manifest {manifest}: expected a .csv or .json file, found {kind!r}")
     paths = []
     for i, rec in enumerate(records):
         if isinstance(rec, str):
-            paths.append(root / rec)
+            paths.append(urls.join(root, rec))
             continue
         if not isinstance(rec, dict):
             raise SourceError(f"manifest {manifest}: entry {i}: expected a path or a record, found {rec!r}")
         if rec.get("path"):
-            paths.append(root / rec["path"])
+            paths.append(urls.join(root, rec["path"]))
         elif rec.get("clip_uid") or rec.get("video_uid"):
-            paths.append(root / f"{rec.get('clip_uid') or rec['video_uid']}.mp4")
+            paths.append(urls.join(root, f"{rec.get('clip_uid') or rec['video_uid']}.mp4"))
         else:
             raise SourceError(f"manifest {manifest}: entry {i}: expected 'path', 'clip_uid' or 'video_uid', "
                               f"found keys {sorted(rec)}")
@@ -242,23 +263,23 @@ def read_manifest(manifest: Path, root: Path) -> list[Path]:
 
 
 class ImageSource(Source):
-    """Independent images under `root` (recursively), sorted by path and grouped `clip_frames` to a
-    sequence; the last group is completed with images from the start."""
+    """Independent images under `root` (a path or a URL; recursively), sorted by path and grouped
+    `clip_frames` to a sequence; the last group is completed with images from the start."""
 
     kind = "image"
 
     def __init__(self, name: str, root: str | Path, **kw):
         super().__init__(name, **kw)
-        self.root = Path(root)
-        if not self.root.is_dir():
+        self.root = urls.location(root)
+        if not urls.is_dir(self.root):
             raise SourceError(f"source {name!r}: expected a directory of images at {self.root}, found "
-                              f"{'a file' if self.root.exists() else 'nothing'}")
+                              f"{'a file' if urls.exists(self.root) else 'nothing'}")
 
     def _expected(self) -> str:
         return f"images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}"
 
     def _list_items(self) -> list[str]:
-        files = sorted(str(p) for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(f for f in urls.find(self.root) if urls.suffix(f) in IMAGE_EXTENSIONS)
         if not files:
             return []
         n = -(-len(files) // self.clip_frames)
@@ -267,26 +288,31 @@ class ImageSource(Source):
 
     def item_key(self, item: str) -> str:
         """The group's first image, below `root`."""
-        first = Path(json.loads(item)[0])
-        return first.relative_to(self.root).as_posix() if first.is_relative_to(self.root) else str(first)
+        first = json.loads(item)[0]
+        return urls.relative(first, self.root) or first
 
     def clips(self, item: str) -> Iterator[np.ndarray]:
-        yield np.stack([load_image(Path(p), self.size) for p in json.loads(item)])
+        yield np.stack([load_image(p, self.size) for p in json.loads(item)])
 
 
 class ZarrSource(Source):
-    """Camera streams of a trajectory store: item `"<episode>/<image key>"`."""
+    """Camera streams of a trajectory store (a local path: `TrajectoryStore` opens local paths only):
+    item `"<episode>/<image key>"`."""
 
     def __init__(self, name: str, root: str | Path, keys: list[str] | None = None, **kw):
         from toto_robot.store import TrajectoryStore
 
         super().__init__(name, **kw)
-        self.store = TrajectoryStore.open(root)
+        local = urls.local_path(root)
+        if local is None:
+            raise SourceError(f"source {name!r}: expected a local path to a trajectory store, got the URL {root} "
+                              "(trajectory stores open local paths only; copy the store to local disk)")
+        self.store = TrajectoryStore.open(local)
         self.keys = list(keys) if keys else list(self.store.image_keys)
         unknown = [k for k in self.keys if k not in self.store.image_keys]
         if unknown:
             raise SourceError(f"source {name!r}: expected image keys from {list(self.store.image_keys)}, got {unknown}")
-        self.root = Path(root)
+        self.root = local
 
     def _expected(self) -> str:
         return f"episodes with image keys in the trajectory store {self.root}"
@@ -341,7 +367,11 @@ def build_source(name: str, node: dict, size: int, clip_frames: int, stride: int
         return ImageSource(name, node["root"], **common)
     if kind == "zarr":
         return ZarrSource(name, node["root"], node.get("keys"), **common)
-    root = generate_videos(Path(node["root"]), int(node.get("n_videos", 8)), int(node.get("frames", 64)),
+    local = urls.local_path(node["root"])
+    if local is None:
+        raise SourceError(f"source {name!r} (generated): expected a local folder to write its videos to, got the "
+                          f"URL {node['root']}")
+    root = generate_videos(local, int(node.get("n_videos", 8)), int(node.get("frames", 64)),
                            int(node.get("video_size", 64)), int(node.get("seed", 0)))
     return VideoSource(name, root, **common)
 

@@ -27,6 +27,15 @@ until the index is written.
 
 Stores written before shards existed (`layout` 1: one array per source, `progress.json`) are read as they
 were, with their split (the last fraction of each source's clips); they can no longer be extended.
+
+The store is a local path or an fsspec URL (s3://, gs://, memory://; `pretrain.urls`), Zarr reading and
+writing it through its fsspec store. What holds where: locally, as above. On an object store every chunk, the
+arrays' and the group's metadata (zarr.json), a progress file and the index are each one object written by one
+PUT, which readers see whole or not at all (S3, GCS): the resume guarantee holds, since an append killed
+midway leaves only rows past the committed count, which the next run truncates. A new store is created in
+place (no rename: its zarr.json, attributes included, is one object). There is no lock: `flock` has no
+counterpart there, so running one toto-tokenize at a time on a remote store is up to the user (a warning says
+so). File systems that write in place (ftp, sftp) give none of these guarantees.
 """
 
 from __future__ import annotations
@@ -47,8 +56,8 @@ import zarr.errors
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from pretrain import urls
 from pretrain.data import READ_ERRORS, SkipLog, Source, SourceError
-from toto_robot.atomic import atomic_write_text
 from toto_robot.checkpoint import load_tokenizer, save_tokenizer  # noqa: F401  (re-exported for their callers)
 from toto_robot.store import build_aside, checksummed, store_lock
 from toto_robot.threads import default_threads
@@ -141,13 +150,14 @@ def _settings(sources: list[Source], tokenizer: Tokenizer, tokenizer_path: str, 
     return json.loads(json.dumps(settings))
 
 
-def _progress_path(out: Path, source: str, shard: int) -> Path:
-    return out / PROGRESS_DIR / source / f"{shard:05d}.json"
+def _progress_path(out: str, source: str, shard: int) -> str:
+    return urls.join(out, PROGRESS_DIR, source, f"{shard:05d}.json")
 
 
-def _read_progress(path: Path) -> dict:
-    if path.is_file():
-        return json.loads(path.read_text())
+def _read_progress(path: str) -> dict:
+    text = urls.read_text_if_any(path)
+    if text is not None:
+        return json.loads(text)
     return {"done": 0, "n_clips": 0, "item_clips": [], "skipped": [], "complete": False}
 
 
@@ -155,11 +165,15 @@ def _items_digest(items: list[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()
 
 
-def _prepare(sources: list[Source], out: Path, settings: dict, dtype: np.dtype, chunk_clips: int) -> dict | None:
-    """Rank 0, holding the lock: create or check the store and every shard's (possibly empty) array.
-    Returns the summary of a complete layout-1 store (nothing to do), else None."""
-    if not out.exists() or not any(out.iterdir()):
-        build_aside(out, lambda tmp: zarr.open_group(tmp, mode="w", zarr_format=3).attrs.update(settings))
+def _prepare(sources: list[Source], out: str, settings: dict, dtype: np.dtype, chunk_clips: int) -> dict | None:
+    """Rank 0, holding the lock (a local store): create or check the store and every shard's (possibly empty)
+    array. Returns the summary of a complete layout-1 store (nothing to do), else None."""
+    if not urls.exists(out) or not urls.listdir(out):
+        local = urls.local_path(out)
+        if local is not None:
+            build_aside(local, lambda tmp: zarr.open_group(tmp, mode="w", zarr_format=3).attrs.update(settings))
+        else:  # no rename on an object store: the group's zarr.json, attributes included, is one object
+            zarr.open_group(out, mode="w", zarr_format=3, attributes=settings)
     try:
         root = zarr.open_group(out, mode="r+")
     except zarr.errors.NodeNotFoundError:
@@ -189,13 +203,13 @@ def _prepare(sources: list[Source], out: Path, settings: dict, dtype: np.dtype, 
                 shape = (src.clip_frames, grid, grid)
                 group.create_array(f"{s:05d}", shape=(0, *shape), chunks=(chunk_clips, *shape), dtype=dtype,
                                    **checksummed(3, zarr.codecs.ZstdCodec(level=0)))  # zarr's default, plus a checksum
-        _progress_path(out, src.name, 0).parent.mkdir(parents=True, exist_ok=True)
+        urls.makedirs(urls.parent(_progress_path(out, src.name, 0)))
     return None
 
 
-def _legacy_summary(out: Path, sources: list[Source]) -> dict:
-    progress_path = out / LEGACY_PROGRESS_FILE
-    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
+def _legacy_summary(out: str, sources: list[Source]) -> dict:
+    text = urls.read_text_if_any(urls.join(out, LEGACY_PROGRESS_FILE))
+    progress = json.loads(text) if text is not None else {}
     names = [s.name for s in sources]
     if sorted(progress) != sorted(names) or not all(v["complete"] for v in progress.values()):
         raise ValueError(f"token shards {out}: written by an older toto-tokenize (one array per source) and not "
@@ -213,15 +227,15 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
                      batch_clips: int = 8, strict: bool = False, progress: bool = True,
                      shards_per_source: int = SHARDS_PER_SOURCE, workers: int | None = None,
                      chunk_clips: int = CHUNK_CLIPS) -> dict:
-    """Encode every clip of every source into `out`; resumes a previous run with the same settings, with any
-    number of ranks. Under torch.distributed each rank writes its shards (module docstring). `workers`:
+    """Encode every clip of every source into `out` (a path or a URL); resumes a previous run with the same
+    settings, with any number of ranks. Under torch.distributed each rank writes its shards (module docstring). `workers`:
     decode processes per rank (None: half the cores, the thread policy's default; 0: decode in this process).
     Returns per source: clips, tokens, skipped and items in total, and this rank's share (`rank_*`)."""
     for name, value in (("batch_clips", batch_clips), ("shards_per_source", shards_per_source),
                         ("chunk_clips", chunk_clips)):
         if value < 1:
             raise ValueError(f"{name}: expected a positive integer, found {value}")
-    out = Path(out)
+    out = urls.location(out)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     workers = default_threads() if workers is None else workers
     settings = _settings(sources, tokenizer, tokenizer_path, shards_per_source)
@@ -229,7 +243,12 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
     with ExitStack() as stack:
         legacy = None
         if rank == 0:
-            stack.enter_context(store_lock(out))  # the other ranks write only after this rank holds it
+            local = urls.local_path(out)
+            if local is not None:
+                stack.enter_context(store_lock(local))  # the other ranks write only after this rank holds it
+            else:
+                log.warning("token shards %s: not on the local file system, so not locked (module docstring): run "
+                            "one toto-tokenize at a time on it", out)
             legacy = _prepare(sources, out, settings, dtype, chunk_clips)
         if world > 1:
             box = [legacy]
@@ -257,9 +276,10 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
         if rank == 0:
             index = _write_index(sources, out, shards_per_source)
         else:
-            while not (out / INDEX_FILE).is_file():  # rank 0 writes it once every shard is complete
+            # rank 0 writes it once every shard is complete
+            while (text := urls.read_text_if_any(urls.join(out, INDEX_FILE))) is None:
                 time.sleep(POLL_S)
-            index = json.loads((out / INDEX_FILE).read_text())
+            index = json.loads(text)
     per_clip = settings["clip_frames"] * settings["grid"] ** 2
     summary = {}
     for src in sources:
@@ -270,7 +290,7 @@ def tokenize_sources(sources: list[Source], tokenizer: Tokenizer, out: str | Pat
     return summary
 
 
-def _tokenize_shard(src: Source, items: range, ids: zarr.Array, progress_path: Path, tokenizer: Tokenizer,
+def _tokenize_shard(src: Source, items: range, ids: zarr.Array, progress_path: str, tokenizer: Tokenizer,
                     dtype: np.dtype, batch_clips: int, strict: bool, workers: int, progress: bool, desc: str) -> int:
     """Encode one shard's items (resuming after its committed prefix); returns the clips written by this call."""
     state = _read_progress(progress_path)
@@ -294,7 +314,7 @@ def _tokenize_shard(src: Source, items: range, ids: zarr.Array, progress_path: P
             state["n_clips"] += len(block)
             written += len(block)
             ready = []
-        atomic_write_text(progress_path, json.dumps(state) + "\n")
+        urls.write_text(progress_path, json.dumps(state) + "\n")
 
     bar = tqdm(total=len(items), initial=state["done"], desc=desc, disable=not progress)
     for pos, clips, last, error in loader:
@@ -327,7 +347,7 @@ def _tokenize_shard(src: Source, items: range, ids: zarr.Array, progress_path: P
     return written
 
 
-def _write_index(sources: list[Source], out: Path, shards_per_source: int) -> dict:
+def _write_index(sources: list[Source], out: str, shards_per_source: int) -> dict:
     """Rank 0: wait for every shard to be complete, then write index.json (replacing any earlier one)."""
     index = {}
     for src in sources:
@@ -346,7 +366,7 @@ def _write_index(sources: list[Source], out: Path, shards_per_source: int) -> di
             log.warning("source %s: %d unreadable items skipped: %s", src.name, len(skipped), skipped[:10])
         index[src.name] = {"kind": src.kind, "shards": [st["n_clips"] for st in states], "item_clips": item_clips,
                            "item_keys": [src.item_key(i) for i in src.items()], "skipped": skipped}
-    atomic_write_text(out / INDEX_FILE, json.dumps(index) + "\n")
+    urls.write_text(urls.join(out, INDEX_FILE), json.dumps(index) + "\n")
     return index
 
 
@@ -358,14 +378,14 @@ class TokenShards:
     fraction of each source's clips)."""
 
     def __init__(self, path: str | Path, held_out: float = 0.1, in_memory_bytes: int = 1 << 30):
-        self.path = Path(path)
+        self.path = urls.location(path)  # a local path or a URL
         if not 0.0 <= held_out < 1.0:
             raise ValueError(f"held_out: expected a fraction in [0, 1), got {held_out}")
-        if (self.path / INDEX_FILE).is_file():
+        if urls.is_file(urls.join(self.path, INDEX_FILE)):
             self.layout = LAYOUT
-        elif (self.path / LEGACY_PROGRESS_FILE).is_file():
+        elif urls.is_file(urls.join(self.path, LEGACY_PROGRESS_FILE)):
             self.layout = 1
-        elif (self.path / PROGRESS_DIR).is_dir():
+        elif urls.is_dir(urls.join(self.path, PROGRESS_DIR)):
             raise ValueError(f"token shards {self.path}: not finished (no {INDEX_FILE} yet); rerun toto-tokenize")
         else:
             raise FileNotFoundError(f"token shards: expected {INDEX_FILE} in {self.path} (write shards with "
@@ -382,7 +402,7 @@ class TokenShards:
         self.names = sorted(self.parts)
 
     def _read_legacy(self, root: zarr.Group, held_out: float, in_memory_bytes: int):
-        progress = json.loads((self.path / LEGACY_PROGRESS_FILE).read_text())
+        progress = json.loads(urls.read_text(urls.join(self.path, LEGACY_PROGRESS_FILE)))
         incomplete = [k for k, v in progress.items() if not v["complete"]]
         if incomplete:
             raise ValueError(f"token shards {self.path}: sources {incomplete} are not finished; rerun toto-tokenize")
@@ -399,7 +419,7 @@ class TokenShards:
             self.ranges[name] = {"train": (np.array([0]), np.array([a])), "held_out": (np.array([a]), np.array([n_held]))}
 
     def _read_index(self, root: zarr.Group, held_out: float, in_memory_bytes: int):
-        index = json.loads((self.path / INDEX_FILE).read_text())
+        index = json.loads(urls.read_text(urls.join(self.path, INDEX_FILE)))
         for name, entry in index.items():
             arrays = [root[name][f"{s:05d}"] for s in range(len(entry["shards"]))]
             small = sum(n * int(np.prod(a.shape[1:])) * a.dtype.itemsize for n, a in zip(entry["shards"], arrays))

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
+from pretrain import urls
 from pretrain.shards import TokenShards
 from toto_robot.checkpoint import (
     CONFIG_FILE,
@@ -328,7 +329,7 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
         total = sum(v[1] for v in sums.values())
         return {"held_out_loss": sum(v[0] for v in sums.values()) / total if total else None, **per_source}
 
-    run = {"config": asdict(cfg), "shards": str(shards.path.resolve()), "train_flops_per_token": flops["train"]}
+    run = {"config": asdict(cfg), "shards": urls.resolved(shards.path), "train_flops_per_token": flops["train"]}
 
     def save(step: int):
         """Collective (every rank gathers its state); rank 0 writes one atomic checkpoint directory."""

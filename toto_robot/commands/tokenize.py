@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pretrain.data import build_sources
 from pretrain.shards import load_tokenizer, tokenize_sources
+from pretrain.urls import resolved
 from toto_robot.commands.entry import entry_point
 from toto_robot.parallel import init_distributed
 
@@ -32,7 +33,7 @@ def run(cfg: DictConfig) -> None:
         for name, s in summary.items():
             print(f"{name}: {s['clips']} clips, {s['tokens']:,} tokens, {s['skipped']} of {s['items']} items skipped")
         print(f"toto-tokenize finished in {time.time() - t0:.0f} s ({world} process{'es' if world > 1 else ''}); "
-              f"shards: {Path(cfg.shards).resolve()}")
+              f"shards: {resolved(cfg.shards)}")
 
 
 main = entry_point("tokenize", "pretrain/tokenize", run)
