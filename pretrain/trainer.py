@@ -47,6 +47,7 @@ from toto_robot.metrics_log import MetricsLog
 from toto_robot.model import ModelConfig, Transformer, clip_to_sequence
 from toto_robot.parallel import STRATEGIES, autocast, init_distributed, parallelize
 from toto_robot.schedules import warmup_cosine
+from toto_robot.tokenizer import TokenizerConfig
 from toto_robot.typecheck import check_types
 
 log = logging.getLogger(__name__)
@@ -259,10 +260,15 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 _STATE_OPTIONS = {"full_state_dict": True, "cpu_offload": True}
 
 
+def shards_tokenizer_config(shards: TokenShards) -> TokenizerConfig:
+    """The shards' tokenizer at the resolution they were tokenized at (a convolutional tokenizer runs at any)."""
+    return replace(shards.tokenizer_config, image_size=int(shards.attrs["resolution"]))
+
+
 def build_model_config(shards: TokenShards, model_node: dict, cfg: TrainConfig) -> tuple[ModelConfig, dict | None]:
     """The transformer's config: from `model_node` (a preset), or from `init_from`'s architecture; its
     vocabulary, tokens per frame and context always follow the shards."""
-    tok = replace(shards.tokenizer_config, image_size=int(shards.attrs["resolution"]))
+    tok = shards_tokenizer_config(shards)
     init = None
     if cfg.init_from:
         init = read_checkpoint(cfg.init_from, TOTO)
@@ -285,6 +291,8 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     mcfg, init = build_model_config(shards, model_node, cfg)
     tok_path = shards.attrs["tokenizer_checkpoint"]
     tokenizer = load_tokenizer(tok_path) if rank == 0 else None  # rank 0 writes it into every checkpoint
+    if tokenizer is not None:  # the same convolutions, configured at the shards' resolution (a 256 px fine-tune
+        tokenizer.cfg = shards_tokenizer_config(shards)  # of a 128 px tokenizer): its grid is the model's
     batches = Batches(shards, cfg.weights, mcfg, cfg.seed, window_chunks=cfg.shuffle_window, world=world,
                       samples_per_step=cfg.batch_size * cfg.grad_accum)
 
