@@ -130,7 +130,7 @@ class CorpusConfig:
     expert_noise: float = 0.3  # std of the noisy expert's arm-action noise (normalized units)
     cameras: tuple[str, ...] = ("agentview", "robot0_eye_in_hand")
     image_size: int = 64
-    horizon: int | None = None  # None: each task's default (Lift 200, others 300 steps)
+    horizon: int | None = None  # None: each task's default (TASKS: Lift 200, Square 400, others 300)
     seed_start: int = 50_000  # first seed of each task; the corpus stays below the evaluation seeds (100000)
     randomization: RandomizationConfig = field(default_factory=RandomizationConfig)
     explorer: ExplorerConfig = field(default_factory=ExplorerConfig)

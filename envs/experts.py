@@ -127,9 +127,13 @@ class PickExpert(ScriptedExpert):
     """Shared pick phases: hover above the object, descend, close, lift; start over if the object slips."""
 
     hover = 0.10  # m above the grasp point
+    grasp_tol = 0.012  # m from the grasp point at which the fingers close
     close_steps = 8
     held_phases = ("lift", "carry", "lower")  # the object must be in the gripper
     yaw_period = np.pi / 2  # symmetry of the object about z (cube: quarter turn)
+
+    def grasp_point(self, s: dict, obj: str) -> np.ndarray:
+        return s[f"{obj}_pos"]  # the object's centre
 
     def grasp_yaw(self, s: dict, obj: str) -> float:
         return wrap(yaw_of(s[f"{obj}_quat"]), self.yaw_period)
@@ -139,13 +143,13 @@ class PickExpert(ScriptedExpert):
         if "grasp_eef" not in self.memory:
             return False
         rose = s["robot0_eef_pos"][2] > self.memory["grasp_eef"][2] + 0.04
-        return rose and s[f"{obj}_pos"][2] < self.memory["grasp_obj_z"] + 0.015
+        return rose and self.grasp_point(s, obj)[2] < self.memory["grasp_obj_z"] + 0.015
 
     def restart(self) -> None:
         self.phase, self.phase_steps, self.memory = 0, 0, {}
 
     def pick(self, phase: str, s: dict, obj: str, lift_to: float) -> Command | None:
-        grasp, eef = s[f"{obj}_pos"], s["robot0_eef_pos"]
+        grasp, eef = self.grasp_point(s, obj), s["robot0_eef_pos"]
         if phase == "approach":
             yaw = self.memory.setdefault("yaw", self.grasp_yaw(s, obj))
             target = grasp + np.array([0.0, 0.0, self.hover])
@@ -153,7 +157,7 @@ class PickExpert(ScriptedExpert):
             return Command(target, yaw, OPEN, (reached(eef, target, 0.015) and yaw_ok) or self.timed_out(80))
         yaw = self.memory["yaw"]
         if phase == "descend":
-            return Command(grasp, yaw, OPEN, reached(eef, grasp, 0.012) or self.timed_out(40), speed=0.6)
+            return Command(grasp, yaw, OPEN, reached(eef, grasp, self.grasp_tol) or self.timed_out(40), speed=0.6)
         if phase == "close":
             if self.phase_steps == 0:
                 self.memory["grasp_eef"] = eef.copy()
@@ -289,11 +293,67 @@ class DoorExpert(ScriptedExpert):
         return Command(target, yaw, CLOSE, False)
 
 
+class SquareExpert(PickExpert):
+    """Grasp the square nut by its handle, turn it square to the peg, carry its hole above the peg, lower it
+    around the peg, let go and back off. Steered on the nut itself once it is held: the end effector moves by
+    the nut's error, so a nut that hangs or slips in the fingers still goes where the peg is."""
+
+    phases = ("approach", "descend", "close", "lift", "carry", "lower", "release", "retreat")
+    yaw_period = np.pi  # the gripper is symmetric under a half turn about z
+    clearance = 0.05  # m between the nut's underside and the peg's top while carrying
+    peg_half_height = 0.1  # of the square peg's box (PegsArena)
+    grasp_tol = 0.005  # the handle is thin: close only once the fingers are down around it
+    max_yaw = 0.75 * np.pi  # rad from the home yaw that the gripper may turn to (the Panda's last joint)
+
+    def grasp_point(self, s: dict, obj: str) -> np.ndarray:
+        # The handle is 2 cm thick and lies on the table. The fingers touch the table with the end effector about
+        # 8 mm above the handle's centre, and the pads reach 4 mm below it: grasp as low as the table lets them.
+        return s["SquareNut_handle_pos"] + np.array([0.0, 0.0, 0.006])
+
+    def grasp_yaw(self, s: dict, obj: str) -> float:
+        # The handle sticks out along the nut's x axis: the fingers (gripper y) close across it, along nut y.
+        return wrap(yaw_of(s["SquareNut_quat"]), self.yaw_period)
+
+    def place_yaw(self, s: dict) -> float:
+        """Gripper yaw that turns the held nut square to the peg. Of the quarter turns that do and that the wrist
+        can reach, the one that points the handle most toward the robot (-x): a handle beyond the peg puts the
+        hand at the edge of the arm's reach."""
+        eef_yaw, nut_yaw = yaw_of(s["robot0_eef_quat"]), yaw_of(s["SquareNut_quat"])
+        turn = -wrap(nut_yaw - yaw_of(s["peg_quat"]), np.pi / 2)
+        turns = [turn + k * np.pi / 2 for k in range(-2, 3) if abs(eef_yaw + turn + k * np.pi / 2) <= self.max_yaw]
+        return eef_yaw + min(turns, key=lambda t: np.cos(nut_yaw + t))  # the handle's direction after the turn
+
+    def command(self, phase: str, s: dict) -> Command:
+        eef, nut, peg = s["robot0_eef_pos"], s["SquareNut_pos"], s["peg_pos"]
+        peg_top = peg[2] + self.peg_half_height
+        carry_z = peg_top + self.clearance + 0.01  # nut centre: half its 2 cm thickness above its underside
+        cmd = self.pick(phase, s, "SquareNut", lift_to=carry_z + (eef[2] - nut[2]))
+        if cmd is not None:
+            return cmd
+        yaw = self.memory.setdefault("place_yaw", self.place_yaw(s))
+        yaw_ok = abs(wrap(yaw_of(s["robot0_eef_quat"]) - yaw, 2 * np.pi)) < 0.05
+        if phase == "carry":
+            target = np.array([peg[0], peg[1], carry_z])
+            done = (reached(nut, target, 0.006) and yaw_ok) or self.timed_out(120)
+            return Command(eef + target - nut, yaw, CLOSE, done)
+        if phase == "lower":
+            target = np.array([peg[0], peg[1], peg_top - 0.04])  # 4 cm down the peg: the nut is around it
+            done = nut[2] < target[2] + 0.005 or self.timed_out(60)
+            return Command(eef + target - nut, yaw, CLOSE, done, speed=0.4)
+        if phase == "release":
+            if self.phase_steps == 0:
+                self.memory["release_eef"] = eef.copy()
+            return Command(self.memory["release_eef"], yaw, OPEN, self.timed_out(8))
+        target = self.memory["release_eef"] + np.array([0.0, 0.0, 0.1])  # retreat
+        return Command(target, yaw, OPEN, False, speed=0.5)
+
+
 EXPERTS: dict[str, type[ScriptedExpert]] = {
     "Lift": LiftExpert,
     "Stack": StackExpert,
     "PickPlaceCan": PickPlaceCanExpert,
     "Door": DoorExpert,
+    "Square": SquareExpert,
 }
 
 

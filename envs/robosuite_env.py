@@ -12,7 +12,7 @@ the default Panda controller of robosuite. Object poses are not observed; script
 policies ignore (`object_state()`):
     object                float32 (D,)  robosuite's object-state vector (poses of the task's objects and their
                                         offsets to the gripper; D per task in `TASKS`), robomimic's `object` key
-    object_pos            float32 (3,)  position of the task's main object (cube, can, door handle), world frame
+    object_pos            float32 (3,)  position of the task's main object (cube, can, door handle, nut), world frame
 """
 
 from __future__ import annotations
@@ -67,6 +67,11 @@ TASKS: dict[str, TaskSpec] = {
     ),
     "Door": TaskSpec("Door", "open the door", horizon=300, cameras=_CAMERAS, object_dim=14,
                      object_pos_key="handle_pos"),
+    # robomimic's Square: NutAssemblySquare is NutAssembly with only the square nut (single_object_mode=2,
+    # nut_type="square"), to be put on the square peg. 400 steps: the horizon robomimic's and diffusion_policy's
+    # Square (PH) evaluations use; the scripted expert needs about a third of it.
+    "Square": TaskSpec("NutAssemblySquare", "put the square nut on the square peg", horizon=400, cameras=_CAMERAS,
+                       object_dim=14, object_pos_key="SquareNut_pos"),
 }
 
 
@@ -242,7 +247,7 @@ class RobosuiteEnv(gym.Env):
 
     def privileged_state(self) -> dict[str, np.ndarray]:
         """Simulator state a scripted expert may use and a learned policy does not see: robosuite's object
-        observations (poses of cubes, can, door handle, ...), the end-effector pose and task constants."""
+        observations (poses of cubes, can, door handle, nut, ...), the end-effector pose and task constants."""
         raw = self._raw
         state = {
             k: np.asarray(v, dtype=np.float64)
@@ -263,6 +268,10 @@ class RobosuiteEnv(gym.Env):
             state["hinge_pos"] = env.sim.data.xanchor[hinge].copy()
             state["latch_pos"] = env.sim.data.xanchor[latch].copy()
             state["latch_axis"] = env.sim.data.xaxis[latch].copy()  # normal of the door panel
+        if self.config.task == "Square":
+            state["SquareNut_handle_pos"] = env.sim.data.site_xpos[env.object_site_ids[env.nut_id]].copy()
+            state["peg_pos"] = env.sim.data.body_xpos[env.peg1_body_id].copy()  # the square peg (peg2 is round)
+            state["peg_quat"] = env.sim.data.body_xquat[env.peg1_body_id][[1, 2, 3, 0]]  # (x, y, z, w)
         return state
 
     @property

@@ -1,9 +1,10 @@
 import gymnasium
 import numpy as np
 import pytest
+import robosuite.utils.transform_utils as T
 
 import envs
-from envs.experts import EXPERTS, ExpertConfig, make_expert
+from envs.experts import EXPERTS, ExpertConfig, SquareExpert, make_expert, wrap, yaw_of
 from envs.runner import rollout
 
 
@@ -42,6 +43,60 @@ def test_lift_expert_with_noise_succeeds_and_varies():
 @pytest.mark.parametrize("task", ["Stack", "PickPlaceCan", "Door"])
 def test_other_experts_succeed(task):
     assert all(e.success for e in run_expert(task, seeds=[0, 1]))
+
+
+def test_square_expert_grasps_the_handle_and_succeeds():
+    env = gymnasium.make(envs.env_id("Square"), cameras=[]).unwrapped
+    expert = make_expert("Square")
+    try:
+        obs, _ = env.reset(seed=0)
+        expert.reset(seed=0)
+        at_carry = None
+        for _ in range(env.config.horizon):
+            state = env.privileged_state()
+            action = expert.select_action({**obs, "privileged": state})
+            if expert.phase_name == "carry" and at_carry is None:
+                at_carry = state
+            obs, _, terminated, _, _ = env.step(action)
+            if terminated:
+                break
+        assert terminated and expert.phase_name in ("release", "retreat")
+    finally:
+        env.close()
+    # held by the handle, 5.4 cm from the nut's centre, and lifted off the table (0.8 m; the nut lies at 0.83 m)
+    eef, handle, nut = at_carry["robot0_eef_pos"], at_carry["SquareNut_handle_pos"], at_carry["SquareNut_pos"]
+    assert np.linalg.norm(eef[:2] - handle[:2]) < 0.012 and np.linalg.norm(eef[:2] - nut[:2]) > 0.04
+    assert nut[2] > 0.95
+
+
+def test_square_experts_succeed_on_fixed_seeds():
+    episodes = run_expert("Square", seeds=[1, 2, 3])
+    assert all(e.success for e in episodes)
+    assert all(e.length < 250 for e in episodes)  # about 135 steps: far from the 400-step horizon
+
+
+def test_square_place_yaw_squares_the_nut_to_the_peg_within_the_wrist_range():
+    expert = SquareExpert()
+    peg_yaw = 0.2
+    for nut_yaw in np.linspace(-np.pi, np.pi, 13):
+        for held in (0.0, np.pi):  # the handle between the fingers either way round
+            eef_yaw = wrap(nut_yaw - held, 2 * np.pi)
+            state = {"robot0_eef_quat": T.mat2quat(_yaw_down(eef_yaw)), "SquareNut_quat": _quat_z(nut_yaw),
+                     "peg_quat": _quat_z(peg_yaw)}
+            place = expert.place_yaw(state)
+            placed_nut = nut_yaw + (place - yaw_of(state["robot0_eef_quat"]))
+            assert abs(wrap(placed_nut - peg_yaw, np.pi / 2)) < 1e-6
+            assert abs(place) <= expert.max_yaw + 1e-9
+            assert np.cos(placed_nut) < 0.3  # the handle does not point away from the robot
+
+
+def _quat_z(yaw: float) -> np.ndarray:
+    return np.array([0.0, 0.0, np.sin(yaw / 2), np.cos(yaw / 2)])
+
+
+def _yaw_down(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([1.0, -1.0, -1.0])
 
 
 def test_expert_needs_privileged_state_and_valid_settings():

@@ -14,7 +14,7 @@ def test_every_task_is_registered():
 
 
 def test_unknown_task_lists_valid_tasks():
-    with pytest.raises(ValueError, match="unknown task 'Lfit'.*Lift, Stack, PickPlaceCan, Door"):
+    with pytest.raises(ValueError, match="unknown task 'Lfit'.*Lift, Stack, PickPlaceCan, Door, Square"):
         EnvConfig(task="Lfit")
 
 
@@ -106,3 +106,23 @@ def test_truncated_at_horizon_and_state_only_observation():
             env.step(np.zeros(6))
     finally:
         env.close()
+
+
+def test_square_is_robomimics_square_with_its_object_state():
+    spec = TASKS["Square"]
+    assert (spec.robosuite_name, spec.horizon, spec.object_dim) == ("NutAssemblySquare", 400, 14)
+    env = gymnasium.make("toto/Square-v0", cameras=[])
+    try:
+        env.reset(seed=0)
+        for _ in range(10):  # the nut is dropped from 6 cm above the table
+            env.step(np.zeros(7, np.float32))
+        privileged = env.unwrapped.privileged_state()
+    finally:
+        env.close()
+    assert "RoundNut_pos" not in privileged  # only the square nut
+    assert privileged["object"].shape == (14,)  # nut-to-gripper position, quaternion; nut position, quaternion
+    np.testing.assert_array_equal(privileged["object_pos"], privileged["SquareNut_pos"].astype(np.float32))
+    nut, handle, peg = privileged["SquareNut_pos"], privileged["SquareNut_handle_pos"], privileged["peg_pos"]
+    assert abs(np.linalg.norm(handle - nut) - 0.054) < 1e-3 and abs(nut[2] - 0.83) < 2e-3  # flat on the table
+    np.testing.assert_allclose(peg, [0.23, 0.1, 0.85])  # the square peg, not the round one at y = -0.1
+    np.testing.assert_allclose(privileged["peg_quat"], [0.0, 0.0, 0.0, 1.0])
