@@ -148,6 +148,14 @@ class PickExpert(ScriptedExpert):
     def restart(self) -> None:
         self.phase, self.phase_steps, self.memory = 0, 0, {}
 
+    def let_go(self, phase: str, eef: np.ndarray, yaw: float, rise: float, speed: float = 1.0) -> Command:
+        """The last two phases, `release` (open in place) then retreat (`rise` m straight up, at `speed`)."""
+        if phase == "release":
+            if self.phase_steps == 0:
+                self.memory["release_eef"] = eef.copy()
+            return Command(self.memory["release_eef"], yaw, OPEN, self.timed_out(8))
+        return Command(self.memory["release_eef"] + np.array([0.0, 0.0, rise]), yaw, OPEN, False, speed=speed)
+
     def pick(self, phase: str, s: dict, obj: str, lift_to: float) -> Command | None:
         grasp, eef = self.grasp_point(s, obj), s["robot0_eef_pos"]
         if phase == "approach":
@@ -211,12 +219,7 @@ class StackExpert(PickExpert):
         if phase == "lower":
             done = reached(eef, above_b, 0.006) or self.timed_out(40)
             return Command(above_b, yaw, CLOSE, done, speed=0.5)
-        if phase == "release":
-            if self.phase_steps == 0:
-                self.memory["release_eef"] = eef.copy()
-            return Command(self.memory["release_eef"], yaw, OPEN, self.timed_out(8))
-        target = self.memory["release_eef"] + np.array([0.0, 0.0, 0.08])  # retreat
-        return Command(target, yaw, OPEN, False, speed=0.5)
+        return self.let_go(phase, eef, yaw, rise=0.08, speed=0.5)  # release, retreat
 
 
 class PickPlaceCanExpert(PickExpert):
@@ -245,12 +248,7 @@ class PickPlaceCanExpert(PickExpert):
         if phase == "lower":
             target = np.array([aim[0], aim[1], center[2] + 0.1])
             return Command(target, 0.0, CLOSE, reached(eef, target, 0.01) or self.timed_out(30))
-        if phase == "release":
-            if self.phase_steps == 0:
-                self.memory["release_eef"] = eef.copy()
-            return Command(self.memory["release_eef"], 0.0, OPEN, self.timed_out(8))
-        target = self.memory["release_eef"] + np.array([0.0, 0.0, 0.12])  # retreat
-        return Command(target, 0.0, OPEN, False)
+        return self.let_go(phase, eef, 0.0, rise=0.12)  # release, retreat
 
 
 class DoorExpert(ScriptedExpert):
@@ -340,12 +338,7 @@ class SquareExpert(PickExpert):
             target = np.array([peg[0], peg[1], peg_top - 0.04])  # 4 cm down the peg: the nut is around it
             done = nut[2] < target[2] + 0.005 or self.timed_out(60)
             return Command(eef + target - nut, yaw, CLOSE, done, speed=0.4)
-        if phase == "release":
-            if self.phase_steps == 0:
-                self.memory["release_eef"] = eef.copy()
-            return Command(self.memory["release_eef"], yaw, OPEN, self.timed_out(8))
-        target = self.memory["release_eef"] + np.array([0.0, 0.0, 0.1])  # retreat
-        return Command(target, yaw, OPEN, False, speed=0.5)
+        return self.let_go(phase, eef, yaw, rise=0.1, speed=0.5)  # release, retreat
 
 
 EXPERTS: dict[str, type[ScriptedExpert]] = {
