@@ -1,7 +1,8 @@
 """Behavior cloning on top of the frozen Toto encoder (and the baselines that share its trainer).
 
 Observation encoding: each camera's frame goes through the frozen Toto encoder (shared weights, one
-streaming cache per camera, features from the chosen layer), then a trainable read-out per camera
+streaming cache per camera, features from the chosen layer, or from several concatenated along channels
+per token: `encoder_layer: [2, 4]`), then a trainable read-out per camera
 (`policies/readouts.py`: attentive pooling by default, optionally with a position embedding, several
 queries, or spatial-softmax keypoints); proprioception goes through a small MLP. Heads: an MLP (the
 VC-1 / MVP recipe), a transformer decoder that predicts a chunk of actions (ACT), optionally with
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.diffusion import DiffusionHead, DiffusionHeadConfig
-from policies.features import feature_key
+from policies.features import feature_key, layer_features
 from policies.readouts import READOUTS, Readout
 from toto_robot.checkpoint import BC_POLICY, TOTO, load_state_dict, read_checkpoint, save_checkpoint
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto
@@ -79,7 +80,9 @@ class PolicyConfig:
     diffusion: dict | None = None  # DiffusionHeadConfig fields (head diffusion); horizon is `chunk`
     # The Toto encoder (backbones toto / toto_random): where it came from and how it is read.
     encoder_checkpoint: str | None = None
-    encoder_layer: int | None = None
+    # the block whose per-token features are read (None: the middle one), or several, concatenated along channels
+    # per token in increasing order (e.g. [2, 4]); the encoder keeps the blocks up to the highest
+    encoder_layer: int | tuple[int, ...] | None = None
     encoder_window: int = 1  # frames of temporal context in the streaming encoder
     # When acting: the streaming encoder's fast path (toto_robot/fast.py), e.g. "onnx" and "static"; "eager" is
     # the reference. A runtime choice: BCPolicy.load(path, tokenizer_backend=..., step_backend=...) overrides it.
@@ -135,6 +138,26 @@ class PolicyConfig:
         if self.backbone in ("toto", "toto_random") and (self.tokenizer_config is None or self.model_config is None):
             raise ValueError(f"PolicyConfig: backbone {self.backbone!r} needs the encoder's tokenizer_config and "
                              "model_config (use PolicyConfig.from_encoder)")
+        if isinstance(self.encoder_layer, list | tuple):
+            self.encoder_layer = tuple(self.encoder_layer)
+        if frozen and self.encoder_layer is not None:
+            n = self.model_config["n_layers"]
+            layers = self.encoder_layer if isinstance(self.encoder_layer, tuple) else (self.encoder_layer,)
+            valid = all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n for k in layers)
+            if not layers or not valid or list(layers) != sorted(set(layers)):
+                raise ValueError(f"PolicyConfig.encoder_layer: expected 1..{n} (a transformer block), or a list of "
+                                 f"them in increasing order without duplicates, got "
+                                 f"{list(layers) if isinstance(self.encoder_layer, tuple) else self.encoder_layer!r}")
+
+    @property
+    def encoder_layers(self) -> tuple[int, ...]:
+        """The blocks whose features are concatenated per token, lowest first (the middle one when
+        encoder_layer is None); () without a Toto backbone."""
+        if self.backbone not in ("toto", "toto_random"):
+            return ()
+        if self.encoder_layer is None:
+            return (self.model_config["n_layers"] // 2,)  # TotoEncoder's default read-out layer
+        return self.encoder_layer if isinstance(self.encoder_layer, tuple) else (self.encoder_layer,)
 
     @property
     def low_dim_keys(self) -> tuple[str, ...]:
@@ -209,7 +232,8 @@ class BCPolicy(nn.Module):
             feat_dim, n_tokens = 0, 0
         else:
             self.encoder = encoder if encoder is not None else _build_encoder(cfg)
-            feat_dim, n_tokens = self.encoder.dim, self.encoder.cfg.tokens_per_frame
+            # the layers' features side by side per token: (N, len(layers) * C)
+            feat_dim, n_tokens = self.encoder.dim * len(cfg.encoder_layers), self.encoder.cfg.tokens_per_frame
         d = cfg.hidden
         names = [_name(c) for c in cfg.cameras]
         self.cam_embed = nn.ParameterDict({n: nn.Parameter(torch.zeros(1, 1, d)) for n in names})
@@ -273,7 +297,7 @@ class BCPolicy(nn.Module):
         trains on images; Toto backbones train on cached streaming features and stream when acting)."""
         if self.encoder is None:
             return self.cnn(as_frames(images[:, None], size_multiple=16)[:, 0].to(self._device))
-        return self.encoder(images[:, None]).features[:, 0]
+        return layer_features(self.encoder, self.encoder, images[:, None], self.cfg.encoder_layers)[:, 0]
 
     def _shift(self, images: torch.Tensor) -> torch.Tensor:
         """Training images (B, H, W, 3) uint8, each shifted at random by up to cfg.shift_augment pixels (the CNN's
@@ -367,7 +391,7 @@ class BCPolicy(nn.Module):
                 self._stream = StreamingEncoder(self.encoder, window=self.cfg.encoder_window,
                                                 tokenizer_backend=self.cfg.tokenizer_backend,
                                                 step_backend=self.cfg.step_backend)
-            feats = self._stream.step(frames).features[:, 0]
+            feats = layer_features(self.encoder, self._stream.step, frames, self.cfg.encoder_layers)[:, 0]
         return [f[None] for f in feats]
 
     def _low_dim(self, obs: dict[str, Any]) -> torch.Tensor:
@@ -487,7 +511,7 @@ def _build_encoder(cfg: PolicyConfig, pretrained: bool = True) -> TotoEncoder:
             tokenizer, model, _ = load_toto(cfg.encoder_checkpoint)
         else:  # same tokenizer as the pretrained encoder, so the baseline isolates the transformer's pretraining
             tokenizer.load_state_dict(load_state_dict(cfg.encoder_checkpoint, "tokenizer"))
-    return TotoEncoder(tokenizer, model, layer=cfg.encoder_layer, pooling="mean")
+    return TotoEncoder(tokenizer, model, layer=cfg.encoder_layers[-1], pooling="mean")
 
 
 def build_policy(node: dict, encoder_checkpoint: str | Path | None, cameras: tuple[str, ...], image_size: int,

@@ -1,11 +1,13 @@
 """The behavior-cloning trainer shared by every backbone and head: windows from a store (or its feature
-cache), AdamW with cosine decay, TensorBoard + console logging, periodic rollout evaluation, and the
-best checkpoint kept by success rate (validation loss breaks ties)."""
+cache, loaded into RAM or, when too large, read from its store as training goes), AdamW with cosine decay, TensorBoard +
+console logging, periodic rollout evaluation, and the best checkpoint kept by success rate (validation loss
+breaks ties)."""
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from policies.bc import BCPolicy
-from policies.features import feature_key, feature_store
+from policies.features import feature_chunk_steps, feature_key, feature_store
 from toto_robot.sampler import WindowDataset, split_episodes
 from toto_robot.schedules import warmup_cosine
 from toto_robot.store import TrajectoryStore
@@ -42,10 +44,15 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.val_ratio: expected in [0, 1), got {self.val_ratio}")
 
 
-def datasets(policy: BCPolicy, store_path: str | Path, val_ratio: float, seed: int,
-             progress: bool = True) -> tuple[WindowDataset, WindowDataset | None]:
+FEATURE_MEMORY_BYTES = 4 << 30  # a feature cache up to this size is loaded into RAM; a larger one streams
+
+
+def datasets(policy: BCPolicy, store_path: str | Path, val_ratio: float, seed: int, progress: bool = True,
+             memory_bytes: int = FEATURE_MEMORY_BYTES) -> tuple[WindowDataset, WindowDataset | None]:
     """Training and validation windows: observation keys 1 step, `action` a chunk (padded at the end).
-    Toto backbones read the feature cache (computed on first use); the CNN reads the images."""
+    Toto backbones read the feature cache (computed on first use): loaded into RAM when its features fit
+    `memory_bytes`, else read from the store window by window (its chunks hold a few steps each); the CNN
+    reads the images."""
     cfg = policy.cfg
     store = TrajectoryStore.open(store_path)
     missing = [k for k in cfg.obs_keys if k not in store.keys]
@@ -55,18 +62,26 @@ def datasets(policy: BCPolicy, store_path: str | Path, val_ratio: float, seed: i
     if policy.encoder is not None:
         source = feature_store(store_path, policy.encoder, cfg.cameras, cfg.encoder_window, progress=progress,
                                views=cfg.augment_views, shift=cfg.shift_augment if cfg.augment_views > 1 else 0,
-                               dtype=cfg.cache_dtype)
+                               dtype=cfg.cache_dtype, layers=cfg.encoder_layers)
         obs_keys = [feature_key(c) for c in cfg.cameras]
+        cache = TrajectoryStore.open(source)
+        size = sum(cache.n_steps * math.prod(cache.schema[k][0]) * np.dtype(cache.schema[k][1]).itemsize
+                   for k in obs_keys)
+        streamed = size > memory_bytes
+        if streamed and any(cache.array(k).chunks[0] > feature_chunk_steps(*cache.schema[k]) for k in obs_keys):
+            warnings.warn(f"feature cache {source} was written with long chunks (each window's read decodes "
+                          "tens of MiB): delete it to recompute it with short chunks")
     else:
-        source, obs_keys = store_path, list(cfg.cameras)
+        source, obs_keys, streamed = store_path, list(cfg.cameras), False
     # n_obs_steps observations, the action chunk starting at the oldest of them (diffusion_policy's windows)
     horizons = {k: cfg.n_obs_steps for k in (*obs_keys, *cfg.low_dim_keys)} | {"action": cfg.chunk}
     if val_ratio > 0 and store.n_episodes >= 2:
         train_ids, val_ids = split_episodes(store.n_episodes, val_ratio, seed)
     else:
         train_ids, val_ids = np.arange(store.n_episodes), np.arange(0)
+    in_memory = [k for k in horizons if k not in obs_keys] if streamed else "all"
     make = lambda ids: WindowDataset(source, horizons, pad_before=cfg.n_obs_steps - 1, pad_after=cfg.chunk - 1,
-                                     episodes=ids, in_memory="all")
+                                     episodes=ids, in_memory=in_memory)
     return make(train_ids), (make(val_ids) if len(val_ids) else None)
 
 

@@ -19,7 +19,7 @@ which 8 are executed)::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -60,7 +60,8 @@ class WindowDataset(torch.utils.data.Dataset):
         pad_after: how many steps a window may run past an episode's end (< max horizon).
         episodes: episode indices to draw windows from (default: all committed episodes).
         in_memory: which keys to load into RAM up front: ``"low_dim"`` (default; everything but
-            images), ``"all"``, or ``"none"`` (read every window from zarr).
+            images), ``"all"``, ``"none"`` (read every window from zarr), or a collection of key names
+            (the others are read from zarr window by window, e.g. a feature cache too large for RAM).
 
     Tensors keep the store's dtypes (uint8 images, float32 low-dim); converting and
     normalizing is the policy's job (``stats`` gives the statistics saved in the store).
@@ -74,7 +75,7 @@ class WindowDataset(torch.utils.data.Dataset):
         pad_before: int = 0,
         pad_after: int = 0,
         episodes: Sequence[int] | np.ndarray | None = None,
-        in_memory: Literal["low_dim", "all", "none"] = "low_dim",
+        in_memory: Literal["low_dim", "all", "none"] | Collection[str] = "low_dim",
     ):
         if not isinstance(store, TrajectoryStore):
             store = TrajectoryStore.open(store, mode="r")
@@ -90,8 +91,14 @@ class WindowDataset(torch.utils.data.Dataset):
         for name, pad in (("pad_before", pad_before), ("pad_after", pad_after)):
             if not isinstance(pad, int | np.integer) or not 0 <= pad < length:
                 raise ValueError(f"{name} must be an int in [0, {length - 1}] (max horizon - 1), got {pad!r}")
-        if in_memory not in ("low_dim", "all", "none"):
-            raise ValueError(f"in_memory must be 'low_dim', 'all' or 'none', got {in_memory!r}")
+        if isinstance(in_memory, str):
+            if in_memory not in ("low_dim", "all", "none"):
+                raise ValueError(f"in_memory must be 'low_dim', 'all', 'none' or a collection of keys, got {in_memory!r}")
+        else:
+            in_memory = frozenset(in_memory)
+            if not in_memory <= set(horizons):
+                raise ValueError(f"in_memory names keys {sorted(in_memory - set(horizons))} that horizons does not "
+                                 f"read; it reads {list(horizons)}")
         if episodes is None:
             episodes = np.arange(store.n_episodes)
         episodes = np.asarray(episodes, dtype=np.int64).reshape(-1)
@@ -128,7 +135,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self._memory: dict[str, np.ndarray] = {}
         images = set(store.image_keys)
         for key in self.horizons:
-            if self.in_memory == "all" or (self.in_memory == "low_dim" and key not in images):
+            if (self.in_memory == "all" or (self.in_memory == "low_dim" and key not in images)
+                    or (not isinstance(self.in_memory, str) and key in self.in_memory)):
                 self._memory[key] = store.read(key, 0, self._n_steps)
 
     def __len__(self) -> int:

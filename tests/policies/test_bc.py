@@ -1,10 +1,12 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from policies.bc import BCPolicy, PolicyConfig, build_policy
-from policies.features import feature_store
-from policies.train import TrainConfig, datasets, train_bc
+from policies.features import feature_chunk_steps, feature_key, feature_store
+from policies.train import TrainConfig, _loader, datasets, train_bc
 from toto_robot.store import TrajectoryStore
 from toto_robot.synthetic import moving_squares
 
@@ -272,3 +274,60 @@ def test_a_saved_policy_needs_no_encoder_checkpoint(encoder_ckpt, tmp_path):
         loaded = BCPolicy.load(tmp_path / backbone)
         reference = _policy(encoder_ckpt, backbone=backbone).eval()
         np.testing.assert_array_equal(loaded.predict_action_chunk(obs), reference.predict_action_chunk(obs))
+
+
+def _same_batches(a, b, batch_size, seed, num_workers=0):
+    """Both datasets give identical batches, key by key, over two shuffled epochs of the trainer's loader."""
+    for epoch in range(2):
+        la = _loader(a, batch_size, True, seed + epoch)
+        lb = torch.utils.data.DataLoader(b, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
+                                         generator=torch.Generator().manual_seed(seed + epoch))  # as _loader, with workers
+        n = 0
+        for x, y in zip(la, lb, strict=True):
+            assert x.keys() == y.keys()
+            for k in x:
+                assert torch.equal(x[k], y[k]), k
+            n += 1
+        assert n == len(a) // batch_size
+
+
+def test_feature_cache_streams_from_the_store_with_the_in_memory_batches(encoder_ckpt, tmp_path):
+    """A feature cache larger than the memory budget is read from zarr window by window (chunks of a few steps),
+    and its batches are exactly those of the whole cache loaded into memory, in workers too."""
+    store = make_store(tmp_path / "demo.zarr", n_episodes=3, steps=12)
+    policy = _policy(encoder_ckpt, n_obs_steps=2, n_action_steps=2)  # 2-step windows may cross a chunk boundary
+    policy.set_stats(TrajectoryStore.open(store).stats)
+    in_memory, _ = datasets(policy, store, val_ratio=0.34, seed=0, progress=False)
+    train, val = datasets(policy, store, val_ratio=0.34, seed=0, progress=False, memory_bytes=0)
+    fk = feature_key(CAMS[0])
+    assert in_memory.in_memory == "all" and fk not in train.in_memory and fk not in val.in_memory
+    assert "action" in train.in_memory  # the few numbers a step stay in memory
+    cache = TrajectoryStore.open(train._path)
+    steps = cache.array(fk).chunks[0]
+    assert steps == feature_chunk_steps(*cache.schema[fk]) and 2 * steps < cache.n_steps  # several chunks
+    _same_batches(train, in_memory, batch_size=4, seed=3)
+    _same_batches(in_memory, train, batch_size=4, seed=5, num_workers=1)  # a worker reopens the store
+    # the features come from the store when read, not from a copy made up front
+    ep, _ = train.window(0)
+    row = int(cache.episode_ends[ep - 1]) if ep else 0
+    array = __import__("zarr").open_array(train._path / "data" / fk, mode="r+")
+    array[row] = 7.0
+    assert (train[0][fk] == 7.0).any() and not (in_memory[0][fk] == 7.0).any()
+
+
+def test_a_streamed_cache_with_long_chunks_warns(encoder_ckpt, tmp_path, monkeypatch):
+    """A cache written before features streamed (1024-step chunks: a read would decode tens of MiB) still
+    trains when streamed, and says how to get the short-chunk layout; loaded into memory it needs no warning."""
+    store = make_store(tmp_path / "demo.zarr", n_episodes=2, steps=6)
+    policy = _policy(encoder_ckpt)
+    policy.set_stats(TrajectoryStore.open(store).stats)
+    with monkeypatch.context() as m:
+        m.setattr("policies.features.feature_chunk_steps", lambda shape, dtype: 1024)
+        feature_store(store, policy.encoder, CAMS, 2, progress=False)
+    with pytest.warns(UserWarning, match="long chunks.*recompute"):
+        train, _ = datasets(policy, store, val_ratio=0.0, seed=0, progress=False, memory_bytes=0)
+    policy(torch.utils.data.default_collate([train[i] for i in range(3)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train, _ = datasets(policy, store, val_ratio=0.0, seed=0, progress=False)
+    assert train.in_memory == "all"

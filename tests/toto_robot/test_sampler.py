@@ -47,7 +47,7 @@ GOLDEN = [
 ]
 
 
-@pytest.mark.parametrize("in_memory", ["none", "low_dim", "all"])
+@pytest.mark.parametrize("in_memory", ["none", "low_dim", "all", ["action"], ["img", "action"]])
 def test_padding_golden_values(store, in_memory):
     dataset = WindowDataset(store, {"img": 2, "action": 4}, pad_before=1, pad_after=3, in_memory=in_memory)
     assert as_rows(dataset) == GOLDEN
@@ -112,6 +112,7 @@ def test_stats_for_dataset_keys(store):
         ({"horizons": {"img": 2}, "episodes": [0, 2]}, r"distinct indices in \[0, 2\)"),
         ({"horizons": {"img": 2}, "episodes": [1, 1]}, "distinct"),
         ({"horizons": {"img": 2}, "in_memory": "gpu"}, "in_memory"),
+        ({"horizons": {"img": 2}, "in_memory": ["action"]}, r"in_memory names keys \['action'\]"),
     ],
 )
 def test_bad_arguments(store, kwargs, message):

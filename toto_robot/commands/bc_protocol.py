@@ -15,6 +15,7 @@ from typing import Any
 from envs.robosuite_env import EnvConfig
 from envs.runner import SELECTION_SEED_START, TEST_SEED_START, RolloutRunner, RunnerConfig
 from policies.bc import BCPolicy
+from policies.features import layer_label
 from policies.train import TrainConfig, train_bc
 from toto_robot.checkpoint import read_config
 from toto_robot.model import MODEL_PRESETS
@@ -83,7 +84,7 @@ def bc_record(policy: BCPolicy, store_path: str | Path, train: TrainConfig, res:
         "head": cfg.head,
         "readout": None if not cfg.cameras else ("tokens" if cfg.head == "act" else cfg.readout),
         "position_embedding": cfg.position_embedding if cfg.cameras else None,
-        "layer": policy.encoder.layer if policy.encoder is not None else None,
+        "layer": layer_label(policy.encoder, cfg.encoder_layers) if policy.encoder is not None else None,
         "encoder_window": cfg.encoder_window if policy.encoder is not None else None,
         "n_obs_steps": cfg.n_obs_steps,
         "shift_augment": cfg.shift_augment if cfg.cameras else None,
