@@ -13,7 +13,14 @@ from toto_robot.checkpoint import save_tokenizer
 from toto_robot.commands.entry import EXIT_BAD_INPUT
 from toto_robot.commands.probe import main as probe_main
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, save_toto
-from toto_robot.probes.features import EncoderSource, FeatureCache, PixelSource, all_layer_features
+from toto_robot.probes.features import (
+    EncoderSource,
+    FeatureCache,
+    PixelMotionSource,
+    PixelSource,
+    all_layer_features,
+    motion_tokens,
+)
 from toto_robot.probes.heads import AttentiveConfig, HeadConfigs, KnnConfig, LinearConfig, head_accuracy
 from toto_robot.probes.image import digits
 from toto_robot.probes.tracking import (
@@ -65,6 +72,30 @@ def test_position_embedding_reads_where_a_token_is():
                            KnnConfig())
         accs[pos] = head_accuracy("attentive", x[:160], y[:160], x[160:], y[160:], p, cfgs, seed=0)
     assert accs[True] >= 0.9 and accs[False] < 0.5, accs
+
+
+def test_motion_tokens_hold_the_previous_frames_neighbours():
+    tokens = torch.arange(18.0).reshape(1, 2, 9, 1)  # 2 frames of a 3x3 grid, frame 0 is 0..8 row by row
+    m = motion_tokens(tokens, 3).reshape(2, 3, 3, 5)  # (T, row, col, [self, above, below, left, right])
+    assert not m[0, ..., 1:].any()  # nothing before the first frame
+    assert m[1, 1, 1].tolist() == [13, 1, 7, 3, 5] and m[1, 0, 0].tolist() == [9, 6, 3, 2, 1]  # wrapping round
+
+
+def test_attentive_probe_reads_motion_when_the_features_carry_it():
+    """moving_shapes' direction is in no single frame: raw pixels, pooled or as a set of tokens, stay at chance,
+    while the oracle that mixes time (each patch beside the previous frame's neighbours) gives it to the
+    attentive probe. Mean pooling loses it even then. This tests the task and the probe, not an encoder."""
+    data = moving_shapes(200, 32, 4, seed=0)  # 4 px patches at 32 px: the 8x8 grid of 64 px at 8x, a token a frame
+    cfgs = HeadConfigs(AttentiveConfig(epochs=40), LinearConfig(), KnnConfig())
+
+    def accuracy(source, head):
+        f = source.features(data.clips, (0,))[0].flatten(1, 2)  # (N, T*P, C)
+        return head_accuracy(head, f[data.train], data.labels[data.train], f[data.test], data.labels[data.test], 4,
+                             cfgs)
+
+    pixels, motion = PixelSource(32, 4), PixelMotionSource(32, 4)
+    assert accuracy(motion, "attentive") >= 0.9  # chance is 0.25
+    assert max(accuracy(pixels, "attentive"), accuracy(pixels, "linear"), accuracy(motion, "linear")) < 0.45
 
 
 # ---------------------------------------------------------------- tracking: propagation and scores

@@ -4,7 +4,7 @@
     toto-deploy loop.rate_hz=20 loop.chunk_rule=blend n_episodes=3 encoder.path=outputs/demo/encoder
     toto-deploy +faults.camera_stall=[[20,30]] +faults.nan_state=[[35,37]] +faults.disconnect_at=45
     toto-deploy robot=so101 robot.lerobot.port=/dev/ttyACM0 \
-        +policy._target_=policies.bc.BCPolicy.load +policy.path=outputs/bc/Lift-toto_mlp/best
+        +policy._target_=policies.bc.BCPolicy.load +policy.path=outputs/bc/Lift-toto_flat_aug/best
 
 `policy` is the string "reference" in configs/deploy.yaml, so a policy built from a `_target_` replaces it with
 `+policy.<key>=...` overrides (the `+` adds keys the config does not have). Options live in

@@ -1,6 +1,6 @@
 """toto-train-bc: train a behavior-cloning policy on a trajectory store, evaluating it in simulation.
 
-    toto-train-bc                                    # toto_mlp on the demo's Lift store and encoder
+    toto-train-bc                                    # toto_flat_aug on the demo's Lift store and encoder
     toto-train-bc policy=cnn train.steps=5000 eval.n_episodes=50 results=results/bc/lift-cnn.json
 
 The environment (task, cameras, image size) is read from the store's attributes, so rollouts see what

@@ -8,7 +8,9 @@ policy's feature cache and a control loop see). The task probes (toto-probe) and
 alone (the tokenizer's codes, no transformer block); layer L is the last block.
 
 Sources are what a probe reads: `EncoderSource` (a Toto encoder, trained or randomly initialised) and
-`PixelSource` (raw pixels cut into patches at the tokenizer's grid, the baseline every probe is held to).
+`PixelSource` (raw pixels cut into patches at the tokenizer's grid, the baseline every probe is held to) and
+`PixelMotionSource` (those patches beside the previous frame's neighbouring patches: an oracle that mixes time,
+which tells whether a probe reads motion when the features carry it).
 
 `FeatureCache` keeps an encoder's features on disk, since the encoder is frozen: one safetensors file per
 slot (the source's slot, the data, the layers, the window, the frame size), its full key in the file's
@@ -161,6 +163,35 @@ class PixelSource:
         x = x.reshape(n, t, g, p, g, p, c).permute(0, 1, 2, 4, 3, 5, 6)  # (N, T, g, g, p, p, 3)
         x = x.reshape(n, t, g * g, p * p * c).float() / 127.5 - 1.0  # (N, T, P, p*p*3)
         return x.half()[None]  # (1, N, T, P, C)
+
+
+def motion_tokens(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """(N, T, g*g, C) per-frame tokens -> (N, T, g*g, 5C): each token beside the previous frame's tokens at the 4
+    neighbouring grid positions (above, below, left, right; wrapping round the edges; zeros at the first frame)."""
+    n, t, p, c = tokens.shape
+    x = tokens.float().reshape(n, t, grid, grid, c)  # (N, T, g, g, C)
+    prev = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # frame t holds frame t - 1
+    # roll by +1 along rows puts row r - 1 (the token above) at row r, and so on
+    near = [prev.roll(shift, dim) for dim, shift in ((2, 1), (2, -1), (3, 1), (3, -1))]
+    return torch.cat([x, *near], dim=-1).reshape(n, t, p, 5 * c).to(tokens.dtype)  # (N, T, P, 5C)
+
+
+class PixelMotionSource(PixelSource):
+    """Raw pixel patches with motion in them: each token is its patch and the previous frame's 4 neighbouring
+    patches (`motion_tokens`), so a token sees where the content under it came from. An oracle, not an
+    encoder: it shows whether a probe reads motion when the features carry it."""
+
+    note = "oracle: each pixel patch beside the previous frame's 4 neighbouring patches (mixes time)"
+
+    def __init__(self, image_size: int, patch: int, name: str = "pixel_motion"):
+        super().__init__(image_size, patch, name)
+        self.slot = f"pixel_motion:{patch}"
+
+    def identity(self) -> dict:
+        return {"kind": "pixel_motion", "patch": self.patch}
+
+    def features(self, clips, layers, window=None, batch_size=16, progress=False) -> torch.Tensor:
+        return motion_tokens(super().features(clips, layers)[0], self.grid)[None]  # (1, N, T, P, 5C)
 
 
 class FeatureCache:
