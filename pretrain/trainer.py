@@ -73,6 +73,7 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA (no effect on CPU)
     held_out: float = 0.1  # fraction of each source's items (whole videos) kept for the held-out loss
     shuffle_window: int = 0  # 0: clips drawn from the whole source; W: from windows of W storage chunks (Batches)
+    in_memory_bytes: int = 1 << 30  # a source's shards up to this size are loaded, larger ones read on demand
     eval_every: int = 100
     eval_clips: int = 32  # held-out clips per source per evaluation
     log_every: int = 10
@@ -287,7 +288,7 @@ def pretrain(shards_path: str | Path, model_node: dict, cfg: TrainConfig, out_di
     """Train (or resume) a transformer on the shards; returns the final metrics (also in results.json)."""
     out = Path(out_dir)
     rank, world, device = init_distributed()
-    shards = TokenShards(shards_path, held_out=cfg.held_out)
+    shards = TokenShards(shards_path, held_out=cfg.held_out, in_memory_bytes=cfg.in_memory_bytes)
     mcfg, init = build_model_config(shards, model_node, cfg)
     tok_path = shards.attrs["tokenizer_checkpoint"]
     tokenizer = load_tokenizer(tok_path) if rank == 0 else None  # rank 0 writes it into every checkpoint
