@@ -86,15 +86,15 @@ def test_attentive_probe_reads_motion_when_the_features_carry_it():
     while the oracle that mixes time (each patch beside the previous frame's neighbours) gives it to the
     attentive probe. Mean pooling loses it even then. This tests the task and the probe, not an encoder."""
     data = moving_shapes(200, 32, 4, seed=0)  # 4 px patches at 32 px: the 8x8 grid of 64 px at 8x, a token a frame
-    cfgs = HeadConfigs(AttentiveConfig(epochs=40), LinearConfig(), KnnConfig())
+    cfgs = HeadConfigs(AttentiveConfig(), LinearConfig(), KnnConfig())  # the probes' defaults
 
-    def accuracy(source, head):
+    def accuracy(source, head, seed=0):
         f = source.features(data.clips, (0,))[0].flatten(1, 2)  # (N, T*P, C)
         return head_accuracy(head, f[data.train], data.labels[data.train], f[data.test], data.labels[data.test], 4,
-                             cfgs)
+                             cfgs, seed)
 
     pixels, motion = PixelSource(32, 4), PixelMotionSource(32, 4)
-    assert accuracy(motion, "attentive") >= 0.9  # chance is 0.25
+    assert min(accuracy(motion, "attentive", seed) for seed in range(3)) >= 0.9  # chance is 0.25
     assert max(accuracy(pixels, "attentive"), accuracy(pixels, "linear"), accuracy(motion, "linear")) < 0.45
 
 

@@ -35,7 +35,7 @@ from toto_robot.commands.entry import entry_point
 from toto_robot.config import model_config, tokenizer_config
 from toto_robot.encoder import TotoEncoder
 from toto_robot.model import Transformer
-from toto_robot.probes.features import EncoderSource, FeatureCache, PixelSource, check_layers
+from toto_robot.probes.features import EncoderSource, FeatureCache, PixelMotionSource, PixelSource, check_layers
 from toto_robot.probes.heads import HEADS, AttentiveConfig, HeadConfigs, KnnConfig, LinearConfig
 from toto_robot.probes.image import digits, image_folder
 from toto_robot.probes.sweep import (
@@ -53,7 +53,7 @@ from toto_robot.results import run_context, write_record
 from toto_robot.tokenizer import Tokenizer
 
 TASKS = ("image", "video", "tracking")
-BASELINES = ("pixels", "random")
+BASELINES = ("pixels", "random", "pixel_motion")
 UNTRAINED_NOTE = ("no checkpoint given (encoder=null): a randomly initialised tiny tokenizer + transformer. "
                   "These scores show what the probes read from an untrained encoder, not Toto's features; pass "
                   "encoder=PATH (a Toto checkpoint) to probe a pretrained one.")
@@ -94,6 +94,8 @@ def build_sources(cfg: DictConfig, baselines: list[str]) -> tuple[list, dict]:
                                               f"(seed {cfg.seed}): the same size, untrained"))
     if "pixels" in baselines:
         sources.append(PixelSource(main.image_size, main.encoder.tokenizer.cfg.downsample))
+    if "pixel_motion" in baselines:  # an oracle that mixes time: what the probes read when features carry motion
+        sources.append(PixelMotionSource(main.image_size, main.encoder.tokenizer.cfg.downsample))
     info |= {"model": main.encoder.cfg.to_dict(), "tokenizer": asdict(main.encoder.tokenizer.cfg),
              "image_size": main.image_size, "n_layers": main.n_layers}
     if cfg.encoder is None and "random" in baselines:

@@ -97,7 +97,9 @@ class AttentiveProbe(nn.Module):
         if dim % num_heads:
             num_heads = 1
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.query = nn.Parameter(torch.randn(1, dim) * 0.02)
+        # unit scale, not V-JEPA's 0.02: a tiny query makes the attention start uniform, i.e. a mean pool, and where
+        # mean pooling holds nothing (moving_shapes) 20 epochs of a few hundred clips may never leave it
+        self.query = nn.Parameter(torch.randn(1, dim))
         self.wq = nn.Linear(dim, dim)
         self.wk = nn.Linear(dim, dim, bias=False)
         self.wv = nn.Linear(dim, dim)
