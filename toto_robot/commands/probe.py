@@ -35,7 +35,13 @@ from toto_robot.commands.entry import entry_point
 from toto_robot.config import model_config, tokenizer_config
 from toto_robot.encoder import TotoEncoder
 from toto_robot.model import Transformer
-from toto_robot.probes.features import EncoderSource, FeatureCache, PixelMotionSource, PixelSource, check_layers
+from toto_robot.probes.features import (
+    EncoderSource,
+    FeatureCache,
+    PixelMotionSource,
+    PixelSource,
+    check_layers,
+)
 from toto_robot.probes.heads import HEADS, AttentiveConfig, HeadConfigs, KnnConfig, LinearConfig
 from toto_robot.probes.image import digits, image_folder
 from toto_robot.probes.sweep import (
