@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policies.diffusion import DiffusionHead, DiffusionHeadConfig
-from policies.features import feature_key, layer_features
+from policies.features import feature_key, layer_features, valid_layers
 from policies.readouts import READOUTS, Readout
 from toto_robot.checkpoint import BC_POLICY, TOTO, load_state_dict, read_checkpoint, save_checkpoint
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto
@@ -143,8 +143,7 @@ class PolicyConfig:
         if frozen and self.encoder_layer is not None:
             n = self.model_config["n_layers"]
             layers = self.encoder_layer if isinstance(self.encoder_layer, tuple) else (self.encoder_layer,)
-            valid = all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= n for k in layers)
-            if not layers or not valid or list(layers) != sorted(set(layers)):
+            if not valid_layers(layers, n):
                 raise ValueError(f"PolicyConfig.encoder_layer: expected 1..{n} (a transformer block), or a list of "
                                  f"them in increasing order without duplicates, got "
                                  f"{list(layers) if isinstance(self.encoder_layer, tuple) else self.encoder_layer!r}")

@@ -40,10 +40,15 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def valid_layers(layers: tuple[int, ...], n: int) -> bool:
+    """Whether `layers` can be read together: at least one, each a block 1..n, in increasing order, none twice."""
+    blocks = all(isinstance(k, int | np.integer) and not isinstance(k, bool) and 1 <= k <= n for k in layers)
+    return len(layers) > 0 and blocks and list(layers) == sorted(set(layers))
+
+
 def check_layers(encoder: TotoEncoder, layers: tuple[int, ...]) -> None:
     """Layers to read: blocks 1..n_kept of this encoder, in increasing order, none twice."""
-    ok = len(layers) > 0 and all(1 <= k <= encoder.n_kept for k in layers) and list(layers) == sorted(set(layers))
-    if not ok:
+    if not valid_layers(layers, encoder.n_kept):
         raise ValueError(f"layers: expected increasing, distinct blocks in 1..{encoder.n_kept} (the blocks this "
                          f"encoder keeps), got {list(layers)}")
 
