@@ -157,3 +157,43 @@ def feature_store(store_path: str | Path, encoder: TotoEncoder, cameras: tuple[s
                                  "are not finite (NaN or inf): check the encoder checkpoint")
         cache.add_episode(data, store.episode_meta(i))
     return path
+
+
+class FrameFeatureCache:
+    """Frozen features of single frames, kept in memory and keyed by the frame's bytes: a trainer that cannot
+    precompute a store's features (LeRobot's loop hands batches of decoded images, not episodes) encodes each
+    distinct frame once. Content keys stay right whatever sampler, augmentation or dataset order produced the
+    frame: a shifted or transformed frame is a new key, never a stale feature.
+
+    encode: (B, H, W, 3) uint8 -> (B, P, C) features of frames without temporal context (BCPolicy.encode_images,
+    the features BC trains on). max_items bounds memory: once full, new frames are encoded but not kept."""
+
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], max_items: int = 200_000,
+                 dtype: str = "float32"):
+        if max_items < 0 or dtype not in ("float32", "float16"):
+            raise ValueError(f"frame feature cache: expected max_items >= 0 and dtype float32 or float16, got "
+                             f"max_items={max_items}, dtype={dtype!r}")
+        self.encode, self.max_items, self.dtype = encode, max_items, getattr(torch, dtype)
+        self._feats: dict[bytes, torch.Tensor] = {}
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._feats)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, P, C) float32, encoding only the frames not seen before."""
+        frames = frames.contiguous()
+        # blake2b over the raw bytes: a 64 px frame hashes in microseconds, far below one encoder call
+        keys = [hashlib.blake2b(f.numpy().tobytes(), digest_size=16).digest() for f in frames.cpu()]
+        new = list(dict.fromkeys(k for k in keys if k not in self._feats))  # distinct, first-seen order
+        self.misses += len(new)
+        self.hits += len(keys) - len(new)
+        fresh: dict[bytes, torch.Tensor] = {}
+        if new:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            with torch.no_grad():
+                feats = self.encode(frames[[first[k] for k in new]])
+            fresh = {k: f.detach().to("cpu", self.dtype).clone() for k, f in zip(new, feats)}
+            room = max(0, self.max_items - len(self._feats))
+            self._feats.update(list(fresh.items())[:room])
+        return torch.stack([fresh[k] if k in fresh else self._feats[k] for k in keys]).float()

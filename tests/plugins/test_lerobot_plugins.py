@@ -72,3 +72,46 @@ def test_bad_inputs_name_both_sides(run):
     assert train.returncode != 0
     assert "the policy reads ['observation.images.wrist'], which the data does not have" in train.stderr
     assert "observation.images.agentview" in train.stderr
+
+
+def test_the_feature_cache_trains_on_the_features_the_encoder_gives(tmp_path):
+    """The `toto` policy's in-memory feature cache: the same loss as encoding every batch, each distinct frame
+    encoded once (a repeated batch is all hits), a shifted frame a new entry, float16 within rounding."""
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot_policy_toto.configuration_toto import TotoConfig
+    from lerobot_policy_toto.modeling_toto import TotoPolicy
+
+    tok, model = tiny_models(max_frames=8)
+    save_toto(tmp_path / "toto", tok, model)
+    features = {"observation.images.agentview": PolicyFeature(type=FeatureType.VISUAL, shape=(3, 64, 64)),
+                "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(9,))}
+    action = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(7,))}
+
+    def step(p):  # dropout draws from the global generator: the same draws for every policy compared
+        torch.manual_seed(5)
+        return p(batch)
+
+    def policy(**kw):
+        cfg = TotoConfig(encoder_checkpoint=str(tmp_path / "toto"), input_features=features, output_features=action,
+                         hidden=32, chunk=4, n_action_steps=2, device="cpu", readout="flatten", **kw)
+        torch.manual_seed(0)
+        return TotoPolicy(cfg).train()
+
+    g = torch.Generator().manual_seed(1)
+    batch = {"observation.images.agentview": torch.rand(6, 3, 64, 64, generator=g),
+             "observation.state": torch.randn(6, 9, generator=g), "action": torch.randn(6, 4, 7, generator=g)}
+    batch["observation.images.agentview"][3] = batch["observation.images.agentview"][0]  # a repeated frame
+    plain, cached, half = policy(feature_cache=False), policy(), policy(feature_cache_dtype="float16")
+    loss, _ = step(plain)
+    got, metrics = step(cached)
+    cache = cached.feature_caches["observation.images.agentview"]
+    assert torch.allclose(got, loss, atol=1e-6) and metrics["cached_frames"] == 5 and cache.misses == 5
+    again, _ = step(cached)
+    assert cache.misses == 5 and cache.hits == 6 + 1 and torch.allclose(again, got, atol=1e-6)
+    assert abs(step(half)[0].item() - loss.item()) < 1e-2
+    shifted = policy(feature_cache=False)
+    shifted.model.cfg.shift_augment = 2
+    sc = policy()
+    sc.model.cfg.shift_augment = 2
+    assert torch.allclose(step(sc)[0], step(shifted)[0], atol=1e-6)  # the same shifts drawn, then cached

@@ -27,6 +27,11 @@ class TotoConfig(PreTrainedConfig):
     encoder_layer: int | None = None  # None: the encoder's default layer
     encoder_window: int = 1  # frames of temporal context when acting
     seed: int = 0
+    # Training encodes each distinct frame once and keeps its frozen features in memory (policies/features.py
+    # FrameFeatureCache), as toto-train-bc's feature cache does for a store: LeRobot's loop hands decoded images.
+    feature_cache: bool = True
+    feature_cache_items: int = 200_000  # frames kept per camera at most (memory: items x tokens x channels)
+    feature_cache_dtype: str = "float32"
     optimizer_lr: float = 3e-4
     optimizer_weight_decay: float = 1e-4
     # The resolved policies/bc.py PolicyConfig (JSON), written when the policy is first built from the encoder

@@ -18,6 +18,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 
 from lerobot_policy_toto.configuration_toto import TOTO_POLICY_TYPE, TotoConfig
 from policies.bc import BCPolicy, PolicyConfig, _build_encoder
+from policies.features import FrameFeatureCache, feature_key
 from toto_robot.frames import preprocess_frames
 
 
@@ -51,6 +52,9 @@ class TotoPolicy(PreTrainedPolicy):
             if diff:
                 raise ValueError("policy toto: the data's features do not match the policy's: " + "; ".join(diff))
             self.model = BCPolicy(cfg, encoder=_build_encoder(cfg, pretrained=False))
+        self.feature_caches = {k: FrameFeatureCache(self.model.encode_images, config.feature_cache_items,
+                                                    config.feature_cache_dtype)
+                               for k in self.image_keys} if config.feature_cache and self.model.encoder is not None else None
         if dataset_stats is not None:
             self.model.set_stats({k: {s: np.asarray(v) for s, v in dataset_stats[k].items()}
                                   for k in (ACTION, OBS_STATE)})
@@ -72,8 +76,16 @@ class TotoPolicy(PreTrainedPolicy):
         self.model.reset()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        window = {k: v[:, None] for k, v in self._observation(batch).items()}  # (B, 1, ...): one obs step
-        return self.model({**window, ACTION: batch[ACTION]})
+        obs = self._observation(batch)
+        if self.training and self.feature_caches is not None:
+            # the frames shifted as BCPolicy would shift them (same order of random draws), then their features
+            for k in self.image_keys:
+                obs[feature_key(k)] = self.feature_caches[k](self.model._shift(obs.pop(k)))
+        window = {k: v[:, None] for k, v in obs.items()}  # (B, 1, ...): one obs step
+        loss, metrics = self.model({**window, ACTION: batch[ACTION]})
+        if self.training and self.feature_caches is not None:
+            metrics["cached_frames"] = sum(len(c) for c in self.feature_caches.values())
+        return loss, metrics
 
     def _one(self, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         n = len(batch[OBS_STATE])
