@@ -93,3 +93,52 @@ def test_two_ranks_tokenize_like_one_process_and_resume_with_any_number_of_ranks
     for r in ranks:
         assert r["vq_same_codebook"] and r["ddp_same_codebook"] and r["ddp_same_weights"]
         assert r["ddp_world_size"] == 2 and r["ddp_checkpoint"]
+
+
+def _progress_done(path) -> int:
+    """Items committed so far over every shard's progress file (0 before the first)."""
+    files = list((path / "progress" / "videos").glob("*.json")) if (path / "progress").is_dir() else []
+    done = 0
+    for f in files:
+        try:
+            done += json.loads(f.read_text())["done"]
+        except (OSError, ValueError):  # replaced under us (write + rename): read it next time
+            pass
+    return done
+
+
+@pytest.mark.slow
+def test_two_ranks_killed_by_sigkill_resume_into_the_tokens_of_one_process(tmp_path):
+    """toto-tokenize under torchrun, both ranks SIGKILLed while writing; one process resumes the store and gets
+    the shards and index an uninterrupted single process writes."""
+    import signal
+    import time
+
+    from tests.pretrain.helpers import command
+
+    videos = square_videos(tmp_path / "videos", n=16, frames=48, size=48)
+    save_tokenizer(tmp_path / "tokenizer", tiny_tokenizer())
+    common = ["data=folder", f"data.sources.videos.root={videos}", f"tokenizer_checkpoint={tmp_path / 'tokenizer'}",
+              f"data.resolution={SIZE}", f"data.clip_frames={CLIP}", f"data.frame_stride={STRIDE}",
+              "shards_per_source=4", "batch_clips=1", "workers=0", "progress=false"]
+    run = {**ENV, "PYTHONPATH": str(REPO)}
+    one = subprocess.run(command("tokenize", *common, f"shards={tmp_path / 'one.zarr'}"), cwd=REPO, env=run,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    killed = tmp_path / "killed.zarr"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "toto_robot.commands.tokenize",
+                             *common, f"shards={killed}"], cwd=REPO, env=run, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and _progress_done(killed) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-write
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "tokenization finished before it could be killed"
+    assert not (killed / INDEX_FILE).exists() and 3 <= _progress_done(killed) < 16
+    resumed = subprocess.run(command("tokenize", *common, f"shards={killed}"), cwd=REPO, env=run,
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(tmp_path / "one.zarr", killed)
