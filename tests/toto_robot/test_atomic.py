@@ -24,3 +24,32 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatc
         atomic_write_text(path, "new\n")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["stage.json"]
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL leaves `.<name>.tmp-<host>-<pid>`; the next write removes it when that pid no longer runs, and
+    leaves a running writer's (and another host's) alone."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "progress.json"
+    code = ("import sys, pathlib, time; from toto_robot import atomic\n"
+            "orig = atomic.os.replace\n"
+            "def hang(a, b): print('written', flush=True); time.sleep(60)\n"
+            "atomic.os.replace = hang\n"
+            f"atomic.atomic_write_text(pathlib.Path({str(path)!r}), 'killed\\n')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "written"  # its temporary is on disk, the rename not yet done
+    stale = tmp_path / f".progress.json.tmp-{socket.gethostname()}-{proc.pid}"
+    assert stale.read_text() == "killed\n"
+    live = tmp_path / f".progress.json.tmp-{socket.gethostname()}-{os.getppid()}"  # a writer still running
+    other = tmp_path / f".progress.json.tmp-otherhost-{proc.pid}"
+    live.write_text("busy")
+    other.write_text("elsewhere")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    atomic_write_text(path, "next\n")
+    assert path.read_text() == "next\n" and not stale.exists() and live.exists() and other.exists()

@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from toto_robot.atomic import atomic_path
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 
 CACHE_VERSION = 1
@@ -220,11 +221,6 @@ class FeatureCache:
         self.misses += 1  # none yet, or the weights changed: recompute and replace
         feats = source.features(clips, layers, window, batch_size, progress)
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path) as tmp:
             save_file({"features": feats.contiguous()}, tmp, metadata={"key": key})
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return feats
