@@ -79,3 +79,20 @@ def test_bad_input_is_a_clear_error(module, overrides, message, tmp_path):
     proc = _run(*command(module), f"work_dir={tmp_path}", *overrides)
     assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_scaling_sweep_fits_every_run_and_writes_a_record(tmp_path):
+    from tests.pretrain.helpers import make_shards
+
+    shards = make_shards(tmp_path)
+    record = tmp_path / "results" / "scaling.json"
+    sizes = "[{n_layers:1,d_model:16,n_heads:2,ffn_hidden:32},{n_layers:2,d_model:32,n_heads:2,ffn_hidden:64}]"
+    run = _run(*command("scaling"), "data=folder", f"data.sources.videos.root={tmp_path / 'videos'}", f"shards={shards}", f"out_dir={tmp_path / 'sweep'}", f"sizes={sizes}",
+               "token_budgets=[600,1800]", "train.batch_size=2", "train.held_out=0.25", f"results={record}")
+    assert run.returncode == 0, run.stderr[-2000:]
+    fit = json.loads(record.read_text())
+    assert [r["name"] for r in fit["runs"]] == ["L1-d16-tok600", "L1-d16-tok1800", "L2-d32-tok600", "L2-d32-tok1800"]
+    assert all(r["tokens"] >= r["token_budget"] and np.isfinite(r["held_out_loss"]) for r in fit["runs"])
+    assert np.isfinite(fit["b"]) and fit["paper"]["b"] == -0.0378 and fit["command"].startswith("scaling")
+    assert record.with_suffix(".png").stat().st_size > 0 and f"exponent {fit['b']:.4f}" in run.stdout
