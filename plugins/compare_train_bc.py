@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     context = run_context()
+    context["command"] = "python plugins/" + context["command"]  # run from the repository root
     store = TrajectoryStore.open(a.store)
     env = store.attrs["env"]  # the task, horizon and image size the demonstrations were collected with
     task = env["task"]
