@@ -185,15 +185,17 @@ class FrameFeatureCache:
         frames = frames.contiguous()
         # blake2b over the raw bytes: a 64 px frame hashes in microseconds, far below one encoder call
         keys = [hashlib.blake2b(f.numpy().tobytes(), digest_size=16).digest() for f in frames.cpu()]
-        new = list(dict.fromkeys(k for k in keys if k not in self._feats))  # distinct, first-seen order
+        new: dict[bytes, int] = {}  # each frame not cached yet -> its first position in the batch
+        for i, k in enumerate(keys):
+            if k not in self._feats and k not in new:
+                new[k] = i
         self.misses += len(new)
         self.hits += len(keys) - len(new)
         fresh: dict[bytes, torch.Tensor] = {}
         if new:
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
             with torch.no_grad():
-                feats = self.encode(frames[[first[k] for k in new]])
-            fresh = {k: f.detach().to("cpu", self.dtype).clone() for k, f in zip(new, feats)}
+                feats = self.encode(frames[list(new.values())])
+            fresh = {k: f.to("cpu", self.dtype).clone() for k, f in zip(new, feats)}
             room = max(0, self.max_items - len(self._feats))
             self._feats.update(list(fresh.items())[:room])
         return torch.stack([fresh[k] if k in fresh else self._feats[k] for k in keys]).float()

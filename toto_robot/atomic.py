@@ -33,9 +33,9 @@ def _prefix(path: Path) -> str:
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove the temporaries that killed writers of `path` on this host left beside it; return them."""
     path = Path(path)
-    removed = []
-    for tmp in path.parent.glob(glob.escape(_prefix(path)) + "*"):
-        pid = tmp.name[len(_prefix(path)):]
+    prefix, removed = _prefix(path), []
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = tmp.name[len(prefix):]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)

@@ -36,8 +36,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     import sys
 
     path = tmp_path / "progress.json"
-    code = ("import sys, pathlib, time; from toto_robot import atomic\n"
-            "orig = atomic.os.replace\n"
+    code = ("import pathlib, time; from toto_robot import atomic\n"
             "def hang(a, b): print('written', flush=True); time.sleep(60)\n"
             "atomic.os.replace = hang\n"
             f"atomic.atomic_write_text(pathlib.Path({str(path)!r}), 'killed\\n')\n")

@@ -52,9 +52,10 @@ class TotoPolicy(PreTrainedPolicy):
             if diff:
                 raise ValueError("policy toto: the data's features do not match the policy's: " + "; ".join(diff))
             self.model = BCPolicy(cfg, encoder=_build_encoder(cfg, pretrained=False))
-        self.feature_caches = {k: FrameFeatureCache(self.model.encode_images, config.feature_cache_items,
-                                                    config.feature_cache_dtype)
-                               for k in self.image_keys} if config.feature_cache and self.model.encoder is not None else None
+        self.feature_caches = None  # the frozen encoder's features, per camera, while training
+        if config.feature_cache and self.model.encoder is not None:
+            self.feature_caches = {k: FrameFeatureCache(self.model.encode_images, config.feature_cache_items,
+                                                        config.feature_cache_dtype) for k in self.image_keys}
         if dataset_stats is not None:
             self.model.set_stats({k: {s: np.asarray(v) for s, v in dataset_stats[k].items()}
                                   for k in (ACTION, OBS_STATE)})
@@ -77,13 +78,14 @@ class TotoPolicy(PreTrainedPolicy):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         obs = self._observation(batch)
-        if self.training and self.feature_caches is not None:
+        cached = self.training and self.feature_caches is not None
+        if cached:
             # the frames shifted as BCPolicy would shift them (same order of random draws), then their features
             for k in self.image_keys:
                 obs[feature_key(k)] = self.feature_caches[k](self.model._shift(obs.pop(k)))
         window = {k: v[:, None] for k, v in obs.items()}  # (B, 1, ...): one obs step
         loss, metrics = self.model({**window, ACTION: batch[ACTION]})
-        if self.training and self.feature_caches is not None:
+        if cached:
             metrics["cached_frames"] = sum(len(c) for c in self.feature_caches.values())
         return loss, metrics
 
