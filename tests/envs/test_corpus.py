@@ -67,7 +67,7 @@ def test_corpus_is_read_by_zarr_source_holds_out_tasks_and_resumes(tmp_path):
 
 
 @pytest.mark.render
-def test_data_config_reads_the_corpus_alone_and_mixed_with_a_video_folder(tmp_path):
+def test_data_configs_read_the_corpus_alone_and_mixed_with_a_video_folder_or_demonstrations(tmp_path):
     path = tmp_path / "corpus.zarr"
     build_corpus(path, CorpusConfig(tasks=("Lift",), holdout_tasks=(), episodes_per_task=1, cameras=("agentview",),
                                     image_size=32, horizon=6, randomization=NO_TEXTURE), progress=False)
@@ -80,6 +80,15 @@ def test_data_config_reads_the_corpus_alone_and_mixed_with_a_video_folder(tmp_pa
     drawn = [next(Mixture(sources, seed=s)) for s in range(8)]
     assert {i for i, _ in drawn} == {0, 1}
     assert all(clip.shape == (data.clip_frames, data.resolution, data.resolution, 3) for _, clip in drawn)
+
+    mixed = OmegaConf.load(f"{CONFIG_DIR}/data/demos_corpus.yaml")  # demonstrations + corpus, half and half
+    mixed.sources.demos.root = mixed.sources.robosuite.root = str(path)
+    mixed.clip_frames, mixed.frame_stride = 3, 1  # the 6-step episode holds no clip of the default 8 x 2
+    sources = build_sources(OmegaConf.to_container(mixed))
+    assert [(s.name, type(s).__name__) for s in sources] == [("demos", "ZarrSource"), ("robosuite", "ZarrSource")]
+    drawn = [next(Mixture(sources, seed=s)) for s in range(8)]
+    assert {i for i, _ in drawn} == {0, 1}
+    assert all(clip.shape == (3, mixed.resolution, mixed.resolution, 3) for _, clip in drawn)
 
 
 def test_behaviours_mix_as_configured_and_depend_on_the_seed_alone():
