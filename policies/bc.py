@@ -298,7 +298,7 @@ class BCPolicy(nn.Module):
             return self.cnn(as_frames(images[:, None], size_multiple=16)[:, 0].to(self._device))
         return layer_features(self.encoder, self.encoder, images[:, None], self.cfg.encoder_layers)[:, 0]
 
-    def _shift(self, images: torch.Tensor) -> torch.Tensor:
+    def augment_images(self, images: torch.Tensor) -> torch.Tensor:
         """Training images (B, H, W, 3) uint8, each shifted at random by up to cfg.shift_augment pixels (the CNN's
         augmentation; the same function shifts the frames of the Toto feature cache's views)."""
         pad = self.cfg.shift_augment
@@ -319,7 +319,7 @@ class BCPolicy(nn.Module):
                              else torch.zeros(len(feats), dtype=torch.long))
                     feats = feats[torch.arange(len(feats)), views]
             else:
-                feats = self.encode_images(self._shift(batch[c][:, t]))
+                feats = self.encode_images(self.augment_images(batch[c][:, t]))
             cams.append(feats.float().to(self._device))
         low = torch.cat([batch[k][:, t].reshape(batch[k].shape[0], -1).float() for k in self.cfg.low_dim_keys], -1)
         return cams, (low.to(self._device) - self.proprio_mean) / self.proprio_std

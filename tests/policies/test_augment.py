@@ -41,9 +41,9 @@ def test_cnn_shifts_training_images_only(encoder_ckpt):
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8))
     policy.train()
     torch.manual_seed(0)
-    assert not torch.equal(policy._shift(images), images)
+    assert not torch.equal(policy.augment_images(images), images)
     policy.eval()
-    assert torch.equal(policy._shift(images), images)
+    assert torch.equal(policy.augment_images(images), images)
 
 
 def test_cache_views_and_view_choice(encoder_ckpt, tmp_path):

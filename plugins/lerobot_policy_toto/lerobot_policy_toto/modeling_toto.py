@@ -82,7 +82,7 @@ class TotoPolicy(PreTrainedPolicy):
         if cached:
             # the frames shifted as BCPolicy would shift them (same order of random draws), then their features
             for k in self.image_keys:
-                obs[feature_key(k)] = self.feature_caches[k](self.model._shift(obs.pop(k)))
+                obs[feature_key(k)] = self.feature_caches[k](self.model.augment_images(obs.pop(k)))
         window = {k: v[:, None] for k, v in obs.items()}  # (B, 1, ...): one obs step
         loss, metrics = self.model({**window, ACTION: batch[ACTION]})
         if cached:
