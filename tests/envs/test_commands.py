@@ -17,11 +17,14 @@ def test_collect_then_eval(tmp_path):
     assert TrajectoryStore.open(tmp_path / "demo.zarr").episode_meta(0)["success"] is True
 
     out = run_command("evaluate", "n_episodes=2", "env.cameras=[]", "n_videos=0", "progress=false",
-                      cwd=tmp_path)
+                      "results=record.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "outputs/eval/Lift-expert/eval.json").read_text())
     assert metrics["success_rate"] == 1.0 and metrics["policy"] == "expert"
     assert "success 100.0% over 2 episodes" in out.stdout
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["seeds"] == record["successes"] == [100_000, 100_001] and record["success_rate"] == 1.0
+    assert record["expert_noise"] == 0.0 and record["cameras"] == [] and "results=record.json" in record["command"]
 
 
 @pytest.mark.parametrize(
