@@ -89,7 +89,8 @@ def test_scaling_sweep_fits_every_run_and_writes_a_record(tmp_path):
     record = tmp_path / "results" / "scaling.json"
     sizes = "[{n_layers:1,d_model:16,n_heads:2,ffn_hidden:32},{n_layers:2,d_model:32,n_heads:2,ffn_hidden:64}]"
     run = _run(*command("scaling"), "data=folder", f"data.sources.videos.root={tmp_path / 'videos'}",
-               f"shards={shards}", f"out_dir={tmp_path / 'sweep'}", f"sizes={sizes}", "token_budgets=[600,1800]", "train.batch_size=2", "train.held_out=0.25", f"results={record}")
+               f"shards={shards}", f"out_dir={tmp_path / 'sweep'}", f"sizes={sizes}", "token_budgets=[600,1800]",
+               "train.batch_size=2", "train.held_out=0.25", f"results={record}")
     assert run.returncode == 0, run.stderr[-2000:]
     fit = json.loads(record.read_text())
     assert [r["name"] for r in fit["runs"]] == ["L1-d16-tok600", "L1-d16-tok1800", "L2-d32-tok600", "L2-d32-tok1800"]

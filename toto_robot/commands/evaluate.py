@@ -59,10 +59,10 @@ def run(cfg: DictConfig) -> dict:
     )
     print(f"wrote {metrics['json']}" + (f" and {cfg.n_videos} videos in {output_dir}/videos" if cfg.n_videos else ""))
     if cfg.results:
-        seeds = [e["seed"] for e in metrics["episodes"]]
+        episodes = metrics["episodes"]
         record = {**{k: metrics[k] for k in RECORD_KEYS}, "expert_noise": cfg.expert_noise,
-                  "cameras": list(env_config.cameras), "horizon": env_config.horizon, "seeds": seeds,
-                  "successes": [e["seed"] for e in metrics["episodes"] if e["success"]]}
+                  "cameras": list(env_config.cameras), "horizon": env_config.horizon,
+                  "seeds": [e["seed"] for e in episodes], "successes": [e["seed"] for e in episodes if e["success"]]}
         print(f"results record: {write_record(cfg.results, record, context)}")
     return metrics
 

@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> None:
     print(f"fitted L(C) = {fit['a']:.3f} * C^{fit['b']:.4f}: exponent {fit['b']:.4f} "
           f"(paper: {PAPER_EXPONENT}, GPT-3: {GPT3_EXPONENT})")
     out = Path(cfg.out_dir).resolve()
-    if cfg.get("results"):  # a committed record and its plot beside it (results/<name>.json, .png)
+    if cfg.results:  # a committed record and its plot beside it (results/<name>.json, .png)
         record = write_record(cfg.results, {"shards": str(cfg.shards), "token_budgets": budgets, "sizes": sizes,
                                             **fit}, context)
         shutil.copyfile(out / "scaling.png", record.with_suffix(".png"))
