@@ -110,13 +110,26 @@ def _progress_done(path) -> int:
 @pytest.mark.slow
 def test_two_ranks_killed_by_sigkill_resume_into_the_tokens_of_one_process(tmp_path):
     """toto-tokenize under torchrun, both ranks SIGKILLed while writing; one process resumes the store and gets
-    the shards and index an uninterrupted single process writes."""
+    the shards and index an uninterrupted single process writes.
+
+    The killed run cannot finish first, however fast the machine: one item is a folder of frames whose first
+    frame is, during that run, a named pipe nobody writes to. Rank 0 blocks opening it (shard 2's first item,
+    after its shard 0) while rank 1 writes shards 1 and 3; the kill comes once 3 items are committed, wherever
+    rank 1 is then, and the resume reads the real frame again."""
     import signal
     import time
 
+    import psutil
+    from PIL import Image
+
     from tests.pretrain.helpers import command
+    from toto_robot.synthetic import moving_squares
 
     videos = square_videos(tmp_path / "videos", n=16, frames=48, size=48)
+    (videos / "v2.mp4").unlink()  # v2 as frames: sorted after v15.mp4, the first item of shard 2
+    (videos / "v2").mkdir()
+    for i, frame in enumerate(moving_squares(16, 48, size=48, seed=0)[2]):
+        Image.fromarray(frame).save(videos / "v2" / f"{i:03d}.png")
     save_tokenizer(tmp_path / "tokenizer", tiny_tokenizer())
     common = ["data=folder", f"data.sources.videos.root={videos}", f"tokenizer_checkpoint={tmp_path / 'tokenizer'}",
               f"data.resolution={SIZE}", f"data.clip_frames={CLIP}", f"data.frame_stride={STRIDE}",
@@ -126,6 +139,9 @@ def test_two_ranks_killed_by_sigkill_resume_into_the_tokens_of_one_process(tmp_p
                          capture_output=True, text=True, timeout=300, check=False)
     assert one.returncode == 0, one.stderr[-3000:]
 
+    blocked = videos / "v2" / "000.png"
+    blocked.rename(tmp_path / "000.png")
+    os.mkfifo(blocked)
     killed = tmp_path / "killed.zarr"
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "toto_robot.commands.tokenize",
@@ -134,10 +150,20 @@ def test_two_ranks_killed_by_sigkill_resume_into_the_tokens_of_one_process(tmp_p
     deadline = time.monotonic() + 240
     while proc.poll() is None and _progress_done(killed) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-write
+    # torchrun starts each rank in its own session: its process group is the launcher alone. Kill the ranks
+    # (mid-write) and the launcher, and wait for the ranks to be gone before the store is resumed.
+    ranks = psutil.Process(proc.pid).children(recursive=True)
+    assert len(ranks) >= 2, f"expected torchrun's 2 ranks, found {len(ranks)} processes"
+    for p in ranks:
+        p.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "tokenization finished before it could be killed"
+    _, alive = psutil.wait_procs(ranks, timeout=30)
+    assert not alive, f"ranks still running after SIGKILL: {alive}"
+    assert proc.returncode == -signal.SIGKILL, "tokenization ended before it was killed"
     assert not (killed / INDEX_FILE).exists() and 3 <= _progress_done(killed) < 16
+    blocked.unlink()
+    (tmp_path / "000.png").rename(blocked)
     resumed = subprocess.run(command("tokenize", *common, f"shards={killed}"), cwd=REPO, env=run,
                              capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
