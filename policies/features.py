@@ -130,7 +130,8 @@ def feature_store(store_path: str | Path, encoder: TotoEncoder, cameras: tuple[s
     shape = (p, c) if views == 1 else (views, p, c)
     schema = {feature_key(cam): (shape, dtype) for cam in cameras}
     schema.update({k: store.schema[k] for k in low_dim})
-    # several trainers may start on one store at once: one creates the cache, the others append to it
+    # several trainers may start on one store at once: one creates the cache, and each episode is appended once
+    # (add_episode's index), by whichever trainer computes it first
     cache = TrajectoryStore.open_or_create(path, schema, {"source_store": str(store_path), "window": window,
                                                           "layer": layer_label(encoder, layers),
                                                           "cameras": list(cameras)},
@@ -139,6 +140,9 @@ def feature_store(store_path: str | Path, encoder: TotoEncoder, cameras: tuple[s
     todo = range(cache.n_episodes, store.n_episodes)
     stream = StreamingEncoder(encoder, window=window)
     for i in tqdm(todo, desc="encoder features", disable=not progress or not todo):
+        cache.refresh()
+        if cache.n_episodes > i:  # another trainer on the same store computed this one
+            continue
         ep = store.episode(i)
         data = {k: ep[k] for k in low_dim}
         stream.reset()
@@ -155,7 +159,7 @@ def feature_store(store_path: str | Path, encoder: TotoEncoder, cameras: tuple[s
             if not np.isfinite(data[feature_key(cam)]).all():
                 raise ValueError(f"feature cache: the encoder's features of {store_path} episode {i}, camera {cam!r}, "
                                  "are not finite (NaN or inf): check the encoder checkpoint")
-        cache.add_episode(data, store.episode_meta(i))
+        cache.add_episode(data, store.episode_meta(i), index=i)  # skipped if another trainer appended it first
     return path
 
 

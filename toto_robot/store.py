@@ -558,18 +558,22 @@ class TrajectoryStore:
         self._load_commit()
 
     # ----------------------------------------------------------------- writing
-    def add_episode(self, data: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> int:
-        """Append one episode atomically and return its index.
+    def add_episode(self, data: Mapping[str, np.ndarray], meta: Mapping[str, Any],
+                    index: int | None = None) -> int | None:
+        """Append one episode atomically and return its index (None: not written, see ``index``).
 
         Args:
             data: ``{key: array}`` with exactly the schema's keys; each array ``(T, *shape)`` with
                 the schema's dtype and the same ``T >= 1`` for every key.
             meta: ``{"task": str, "seed": int | None, "success": bool | None, "source": str}``
                 plus optional extra JSON values; ``length`` is filled in.
+            index: the index the episode must get, for writers that fill one store side by side (feature
+                caches): if another process has already appended episode ``index``, nothing is written and
+                None is returned. None appends at the end.
 
         Raises:
             ValueError: on any mismatch with the schema (TypeError if ``data`` or a value is not a
-                dict or numpy array); the store is left unchanged.
+                dict or numpy array), or ``index`` past the end; the store is left unchanged.
         """
         self._require_writable()
         arrays = self._validate_data(data)
@@ -578,6 +582,10 @@ class TrajectoryStore:
         with self._write_lock():
             self._repair()
             end, n = self.n_steps, self.n_episodes
+            if index is not None and index != n:
+                if index < n:
+                    return None
+                raise ValueError(f"{self.path}: expected to append episode {index}, but the store holds {n} episodes")
             for key, value in arrays.items():
                 array = self._root["data"][key]
                 array.resize((end + length, *array.shape[1:]))

@@ -160,6 +160,30 @@ def test_feature_cache_reuse_and_invalidation(encoder_ckpt, store_path, tmp_path
         feature_store(store_path, policy.encoder, ("wrist",), 2, progress=False)
 
 
+def test_two_trainers_filling_one_cache_append_each_episode_once(encoder_ckpt, tmp_path, monkeypatch):
+    """Two trainers on one store at once: the second computes the whole cache while the first is encoding
+    episode 1. The first then writes neither episode 1 (computed, but already appended) nor episode 2 (seen on
+    refresh), and the cache equals one computed alone."""
+    store = make_store(tmp_path / "demo.zarr")
+    alone = make_store(tmp_path / "alone.zarr")
+    policy = _policy(encoder_ckpt)
+    reference = TrajectoryStore.open(feature_store(alone, policy.encoder, CAMS, 2, progress=False))
+    episode, other_ran = TrajectoryStore.episode, []
+
+    def episode_with_a_rival(self, i, *args, **kw):
+        if Path(self.path) == store and i == 1 and not other_ran:
+            other_ran.append(True)
+            feature_store(store, policy.encoder, CAMS, 2, progress=False)  # the other trainer, start to end
+        return episode(self, i, *args, **kw)
+
+    monkeypatch.setattr(TrajectoryStore, "episode", episode_with_a_rival)
+    cache = TrajectoryStore.open(feature_store(store, policy.encoder, CAMS, 2, progress=False))
+    assert other_ran and cache.n_episodes == 3 and cache.n_steps == reference.n_steps
+    for i in range(3):
+        for cam in CAMS:
+            np.testing.assert_array_equal(cache.episode(i)[feature_key(cam)], reference.episode(i)[feature_key(cam)])
+
+
 def test_bad_policy_config(encoder_ckpt, tmp_path):
     with pytest.raises(ValueError, match="backbone"):
         _policy(encoder_ckpt, backbone="resnet")

@@ -337,3 +337,19 @@ def test_two_writers_append_to_one_store(tmp_path):
         got = store.episode(i)
         for key in SCHEMA:
             np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_append_at_an_index_writes_each_episode_once(tmp_path):
+    """add_episode(index=i): written when the store holds i episodes; None (store unchanged) when another writer
+    already appended episode i; an error past the end."""
+    path = tmp_path / "s.zarr"
+    fill(path, [3, 2])
+    store = TrajectoryStore.open(path, mode="a")
+    before = snapshot(path)
+    assert store.add_episode(make_episode(1, 4), make_meta(1), index=1) is None
+    assert snapshot(path) == before
+    with pytest.raises(ValueError, match="expected to append episode 3, but the store holds 2 episodes"):
+        store.add_episode(make_episode(3, 4), make_meta(3), index=3)
+    assert snapshot(path) == before
+    assert store.add_episode(make_episode(2, 4), make_meta(2), index=2) == 2
+    assert_intact(TrajectoryStore.open(path), [3, 2, 4])
