@@ -582,9 +582,9 @@ class TrajectoryStore:
         with self._write_lock():
             self._repair()
             end, n = self.n_steps, self.n_episodes
-            if index is not None and index != n:
-                if index < n:
-                    return None
+            if index is not None and index < n:  # another writer appended it first
+                return None
+            if index is not None and index > n:
                 raise ValueError(f"{self.path}: expected to append episode {index}, but the store holds {n} episodes")
             for key, value in arrays.items():
                 array = self._root["data"][key]
