@@ -40,20 +40,20 @@ def test_demo_smallest_settings_writes_report_and_reuses_stages(demo_run):
     assert first.returncode == 0, first.stderr[-3000:]
     for f in ("summary.md", "metrics.json", "losses.png", "tokenizer_reconstructions.png",
               "pretrain/checkpoint/config.json", "pretrain/checkpoint/model.safetensors",
-              "bc_toto_flat_aug/best/config.json", "bc_toto_flat_aug/best/policy.safetensors"):
+              "bc_toto_flat_multi/best/config.json", "bc_toto_flat_multi/best/policy.safetensors"):
         assert (out / f).is_file(), f
-    assert list((out / "videos").glob("toto_flat_aug_*.mp4"))
+    assert list((out / "videos").glob("toto_flat_multi_*.mp4"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["encoder"]["stream_vs_full_max_abs_diff"] < 1e-4
     assert metrics["collect"]["episodes"] == 2
     assert 0.0 <= metrics["policies"][0]["success_rate"] <= 1.0
-    assert "| toto_flat_aug |" in (out / "summary.md").read_text()
+    assert "| toto_flat_multi |" in (out / "summary.md").read_text()
     assert "report:" in first.stdout
     again = _demo(out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reusing finished stage" in again.stdout and "] running" not in again.stdout
     changed = _demo(out, "bc.steps=5", "bc.eval_every=5")
-    assert "[pretrain] reusing" in changed.stdout and "[bc_toto_flat_aug] running" in changed.stdout
+    assert "[pretrain] reusing" in changed.stdout and "[bc_toto_flat_multi] running" in changed.stdout
 
 
 def _layout(ckpt: Path) -> tuple[str, list[str], list[str], dict]:
