@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from envs.robosuite_env import ACTION_DIM, OBJECT_KEYS, EnvConfig, RobosuiteEnv
+from toto_robot.results import wilson_interval
 from toto_robot.video import write_mp4
 
 # Seeds at or above EVAL_SEED_START are kept for evaluation; demonstrations are collected below it.
@@ -191,17 +192,6 @@ class RolloutRunner:
             path.write_text(json.dumps(metrics, indent=2))
             metrics["json"] = str(path)
         return metrics
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate (better than the normal approximation near 0 and 1, and at
-    the 50 episodes robomimic and diffusion_policy report)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 def summarize(episodes: list[Episode], seconds: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from toto_robot.atomic import atomic_write_text
@@ -55,3 +56,14 @@ def write_record(path: str | Path, record: dict[str, Any], context: dict[str, An
     context = context or run_context()
     context = {**context, "load_average_1min_at_end": os.getloadavg()[0]}
     return atomic_write_text(path, json.dumps({**record, **context}, indent=2, default=str) + "\n")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (better than the normal approximation near 0 and 1, and at
+    the 50 episodes robomimic and diffusion_policy report)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))

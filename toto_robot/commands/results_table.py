@@ -1,0 +1,148 @@
+"""``toto-results``: the behavior-cloning records under ``results/`` as one table and one plot.
+
+    toto-results results/bc/can100-v6                       markdown table on stdout
+    toto-results results/bc/can100-v6 --plot can.png        and a bar plot with 95% intervals
+    toto-results results/bc/can100-v5 results/bc/can100-v6 --task PickPlaceCan --markdown can.md
+
+Records of one task and policy name (the ``policy`` field, which a run can rename with ``policy.name=``) are one
+row: each BC seed's success, their mean, and the Wilson interval of all their episodes pooled. Only records that
+`toto-train-bc` and `toto-demo` write (with ``success_rate`` and ``n_episodes``) are read; other JSON in the
+folders (probes, comparisons) is skipped and counted. Exit status as every command: 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from toto_robot.commands.status import EXIT_BAD_INPUT, EXIT_OK, USER_ERRORS
+from toto_robot.results import wilson_interval
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toto-results", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="results records (.json) or folders of them")
+    parser.add_argument("--task", help="only records of this task")
+    parser.add_argument("--plot", type=Path, help="write a bar plot (png) of the rows here")
+    parser.add_argument("--markdown", type=Path, help="write the table here as well as to stdout")
+    return parser
+
+
+def read_records(paths: list[Path]) -> tuple[list[dict[str, Any]], int]:
+    """The BC records under `paths` (files, or folders searched recursively) and the count of other JSON."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(path.rglob("*.json"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"results: {path} does not exist (expected a .json record or a folder of them)")
+    records, skipped = [], 0
+    for f in files:
+        try:
+            record = json.loads(f.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"results: {f} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(record, dict) or "success_rate" not in record or "n_episodes" not in record:
+            skipped += 1
+            continue
+        rate, n = record["success_rate"], record["n_episodes"]
+        if not (isinstance(n, int) and n > 0 and isinstance(rate, int | float) and 0.0 <= rate <= 1.0):
+            raise ValueError(f"results: {f} has success_rate {rate!r} and n_episodes {n!r} "
+                             f"(expected a rate in [0, 1] over a positive number of episodes)")
+        records.append({**record, "_file": str(f)})
+    return records, skipped
+
+
+def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, policy): seeds in order, their successes, the mean and the pooled interval."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(str(r.get("task")), str(r.get("policy")))].append(r)
+    out = []
+    for (task, policy), group in sorted(groups.items()):
+        group.sort(key=lambda r: (r.get("bc_seed") is None, r.get("bc_seed") or 0))
+        successes = sum(round(r["success_rate"] * r["n_episodes"]) for r in group)
+        episodes = sum(r["n_episodes"] for r in group)
+        first = group[0]
+        out.append({
+            "task": task, "policy": policy, "encoder": first.get("encoder"), "preset": first.get("preset"),
+            "seeds": [r.get("bc_seed") for r in group], "success": [r["success_rate"] for r in group],
+            "mean": sum(r["success_rate"] for r in group) / len(group), "episodes": episodes,
+            "ci95": wilson_interval(successes, episodes),
+            "folders": sorted({str(Path(r["_file"]).parent) for r in group}),
+        })
+    return out
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    lines = ["| task | policy | encoder | BC seeds | success per seed | mean | 95% CI (pooled) | records |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        encoder = row["encoder"] + (f" ({row['preset']})" if row["preset"] else "") if row["encoder"] else "-"
+        per_seed = " / ".join(f"{s:.0%}" for s in row["success"])
+        lo, hi = row["ci95"]
+        lines.append(f"| {row['task']} | `{row['policy']}` | {encoder} | {', '.join(map(str, row['seeds']))} | "
+                     f"{per_seed} | **{row['mean']:.0%}** | {lo:.0%}-{hi:.0%} ({row['episodes']} episodes) | "
+                     f"{', '.join(f'`{f}`' for f in row['folders'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: list[dict[str, Any]], path: Path) -> Path:
+    """Horizontal bars (mean over seeds) with the pooled 95% interval, each seed a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.2))
+    for i, row in enumerate(table):
+        lo, hi = row["ci95"]
+        ax.barh(i, row["mean"], color="tab:blue" if row["encoder"] in ("toto", "toto_random") else "tab:gray",
+                alpha=0.6)
+        ax.errorbar(row["mean"], i, xerr=[[row["mean"] - lo], [hi - row["mean"]]], color="black", capsize=3)
+        ax.plot(row["success"], [i] * len(row["success"]), "o", color="black", markersize=3)
+    ax.set_yticks(range(len(table)), [f"{r['task']} {r['policy']}" for r in table], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("success rate")
+    ax.set_title("bar: mean over BC seeds, line: pooled 95% Wilson interval, dots: seeds", fontsize=8)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # a bad command line exits with status 2
+    try:
+        records, skipped = read_records(args.paths)
+        if args.task:
+            records = [r for r in records if r.get("task") == args.task]
+        if not records:
+            raise ValueError(f"results: no behavior-cloning records{f' of task {args.task}' if args.task else ''} "
+                             f"under {', '.join(map(str, args.paths))} (expected JSON with success_rate and "
+                             f"n_episodes; {skipped} other JSON files skipped)")
+        table = rows(records)
+        text = markdown(table)
+        print(text, end="")
+        print(f"{len(records)} records, {len(table)} rows; {skipped} other JSON files skipped", file=sys.stderr)
+        if args.markdown:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(text)
+        if args.plot:
+            print(f"plot: {plot(table, args.plot)}", file=sys.stderr)
+        return EXIT_OK
+    except USER_ERRORS as exc:
+        print(f"toto-results: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
