@@ -40,6 +40,9 @@ def test_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
     assert "| PickPlaceCan | `toto_flat_multi` | toto (tiny) | 0 | 86% | **86%** |" in out
     assert "Lift" not in out and md.read_text() == out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(tmp_path), "--policy", "cnn*"]) == 0
+    out = capsys.readouterr().out
+    assert "`cnn_aug`" in out and "toto_flat_multi" not in out
 
 
 def test_bad_input_is_one_clear_error(tmp_path, capsys):
@@ -47,6 +50,9 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2  # an empty folder: no records
     assert "no behavior-cloning records" in capsys.readouterr().err
+    _record(tmp_path, "cnn", 0, 0.5)
+    assert main([str(tmp_path), "--policy", "toto*"]) == 2
+    assert "of policies ['toto*']" in capsys.readouterr().err
     bad = _record(tmp_path, "x", 0, 1.5)
     assert main([str(bad)]) == 2
     assert f"{bad} has success_rate 1.5" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
     toto-results results/bc/can100-v6                       markdown table on stdout
     toto-results results/bc/can100-v6 --plot can.png        and a bar plot with 95% intervals
-    toto-results results/bc/can100-v5 results/bc/can100-v6 --task PickPlaceCan --markdown can.md
+    toto-results results/bc --task PickPlaceCan --policy 'cnn_aug' --policy 'toto_flat_multi_*' --markdown can.md
 
 Records of one task and policy name (the ``policy`` field, which a run can rename with ``policy.name=``) are one
 row: each BC seed's success, their mean, and the Wilson interval of all their episodes pooled. Only records that
@@ -13,6 +13,7 @@ folders (probes, comparisons) is skipped and counted. Exit status as every comma
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from collections import defaultdict
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toto-results", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="results records (.json) or folders of them")
     parser.add_argument("--task", help="only records of this task")
+    parser.add_argument("--policy", action="append", default=[], metavar="PATTERN",
+                        help="only policies whose name matches this shell pattern (repeatable), e.g. 'cnn*'")
     parser.add_argument("--plot", type=Path, help="write a bar plot (png) of the rows here")
     parser.add_argument("--markdown", type=Path, help="write the table here as well as to stdout")
     return parser
@@ -125,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         records, skipped = read_records(args.paths)
         if args.task:
             records = [r for r in records if r.get("task") == args.task]
+        if args.policy:
+            records = [r for r in records if any(fnmatch.fnmatchcase(str(r.get("policy")), p) for p in args.policy)]
         if not records:
-            raise ValueError(f"results: no behavior-cloning records{f' of task {args.task}' if args.task else ''} "
+            wanted = (f" of task {args.task}" if args.task else "") + (f" of policies {args.policy}" if args.policy else "")
+            raise ValueError(f"results: no behavior-cloning records{wanted} "
                              f"under {', '.join(map(str, args.paths))} (expected JSON with success_rate and "
                              f"n_episodes; {skipped} other JSON files skipped)")
         table = rows(records)
