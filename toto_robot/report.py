@@ -60,6 +60,26 @@ def save_lines(path: Path, panels: dict[str, dict[str, tuple[list, list]]], xlab
     return path
 
 
+def save_intervals(path: Path, rows: list[tuple[str, float, tuple[float, float], list[float]]], xlabel: str,
+                   title: str = "", highlight: set[str] | None = None) -> Path:
+    """rows: (label, bar value, (low, high) interval, points); one horizontal bar each, its interval as a line with
+    caps and its points as dots. Labels in `highlight` are drawn in blue, the rest in gray."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for i, (label, value, (lo, hi), points) in enumerate(rows):
+        ax.barh(i, value, color="tab:blue" if label in (highlight or set()) else "tab:gray", alpha=0.6)
+        ax.errorbar([lo, hi], [i, i], color="black", marker="|", markersize=8)
+        ax.plot(points, [i] * len(points), "o", color="black", markersize=3)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=8)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = columns or list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -7,6 +7,7 @@ average while it ran and the git commit, so anyone can regenerate it with that c
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from toto_robot.atomic import atomic_write_text
@@ -65,5 +65,5 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
         return (0.0, 1.0)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))

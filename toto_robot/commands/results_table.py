@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from toto_robot.commands.status import EXIT_BAD_INPUT, EXIT_OK, USER_ERRORS
+from toto_robot.report import markdown_table, save_intervals
 from toto_robot.results import wilson_interval
 
 
@@ -84,42 +85,25 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    lines = ["| task | policy | encoder | BC seeds | success per seed | mean | 95% CI (pooled) | records |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in table:
-        encoder = row["encoder"] + (f" ({row['preset']})" if row["preset"] else "") if row["encoder"] else "-"
-        per_seed = " / ".join(f"{s:.0%}" for s in row["success"])
+    def cells(row: dict[str, Any]) -> dict[str, str]:
         lo, hi = row["ci95"]
-        lines.append(f"| {row['task']} | `{row['policy']}` | {encoder} | {', '.join(map(str, row['seeds']))} | "
-                     f"{per_seed} | **{row['mean']:.0%}** | {lo:.0%}-{hi:.0%} ({row['episodes']} episodes) | "
-                     f"{', '.join(f'`{f}`' for f in row['folders'])} |")
-    return "\n".join(lines) + "\n"
+        encoder = row["encoder"] + (f" ({row['preset']})" if row["preset"] else "") if row["encoder"] else "-"
+        return {"task": row["task"], "policy": f"`{row['policy']}`", "encoder": encoder,
+                "BC seeds": ", ".join(map(str, row["seeds"])),
+                "success per seed": " / ".join(f"{s:.0%}" for s in row["success"]), "mean": f"**{row['mean']:.0%}**",
+                "95% CI (pooled)": f"{lo:.0%}-{hi:.0%} ({row['episodes']} episodes)",
+                "records": ", ".join(f"`{f}`" for f in row["folders"])}
+
+    return markdown_table([cells(row) for row in table]) + "\n"
 
 
 def plot(table: list[dict[str, Any]], path: Path) -> Path:
-    """Horizontal bars (mean over seeds) with the pooled 95% interval, each seed a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.2))
-    for i, row in enumerate(table):
-        lo, hi = row["ci95"]
-        ax.barh(i, row["mean"], color="tab:blue" if row["encoder"] in ("toto", "toto_random") else "tab:gray",
-                alpha=0.6)
-        ax.errorbar(row["mean"], i, xerr=[[row["mean"] - lo], [hi - row["mean"]]], color="black", capsize=3)
-        ax.plot(row["success"], [i] * len(row["success"]), "o", color="black", markersize=3)
-    ax.set_yticks(range(len(table)), [f"{r['task']} {r['policy']}" for r in table], fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("success rate")
-    ax.set_title("bar: mean over BC seeds, line: pooled 95% Wilson interval, dots: seeds", fontsize=8)
-    ax.invert_yaxis()
-    fig.tight_layout()
+    """Horizontal bars (mean over seeds) with the pooled 95% interval, each seed a dot; Toto encoders in blue."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    labels = [f"{r['task']} {r['policy']}" for r in table]
+    return save_intervals(path, [(label, r["mean"], r["ci95"], r["success"]) for label, r in zip(labels, table)],
+                          "success rate", "bar: mean over BC seeds, line: pooled 95% Wilson interval, dots: seeds",
+                          highlight={label for label, r in zip(labels, table) if r["encoder"] in ("toto", "toto_random")})
 
 
 def main(argv: list[str] | None = None) -> int:
