@@ -5,12 +5,14 @@ count, then the thread policy under a competing busy process.
     python bench/bench_deploy.py [--presets tiny small] [--window 8] [--probe 8] [--steps 30] [--threads N]
 
 Variants: eager (tokenizer and step "eager"), fast (tokenizer "onnx" + static cache: the same tokens), fast_bf16
-(tokenizer and step in bf16: lossy, its token agreement and features max abs diff are printed). Per variant:
+(tokenizer and step in bf16: lossy, its token agreement and features max abs diff are printed), distilled (the
+fast path with a light encoder, toto_robot/distill.py: lossy, timed on random weights; its agreement with a
+trained teacher is in results/distill/). Per variant:
 predict_action_chunk p50 / p99 with the temporal window full (the variants take turns frame by frame, so load
 spikes hit them alike), the warm-up (first call: ONNX export and session, or compile), the loop's step latency
 and achieved rate at --rate, and the frame budget at 10 / 20 / 50 Hz. Each preset ends with the line
 `<preset> 1 camera: fast p50 X ms, eager Y ms, speedup Z.ZZx`. Then threads 1 vs 2 vs the default for eager and
-fast with a busy process this benchmark starts and stops. Results: results/bench/bench_deploy.json.
+fast, idle and with a busy process this benchmark starts and stops. Results: results/bench/bench_deploy.json.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from policies.bc import BCPolicy, PolicyConfig
 from toto_robot.deploy import LoopConfig, SafetyConfig, TimedObservation, run_episode
+from toto_robot.distill import student_of
 from toto_robot.encoder import StreamingEncoder, TotoEncoder
 from toto_robot.fast import token_agreement
 from toto_robot.model import Transformer, model_preset
@@ -34,7 +37,12 @@ from toto_robot.threads import competing_process, configure_threads, default_thr
 from toto_robot.tokenizer import Tokenizer, tokenizer_preset
 
 CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
-VARIANTS = {"eager": ("eager", "eager"), "fast": ("onnx", "static"), "fast_bf16": ("bf16", "bf16")}
+VARIANTS = {"eager": ("eager", "eager"), "fast": ("onnx", "static"), "fast_bf16": ("bf16", "bf16"),
+            "distilled": ("onnx", "static")}
+# The light encoder's width per preset (toto_robot/distill.py): the students whose held-out token agreement with
+# a trained teacher is recorded in results/distill/. Here it is timed on random weights: its speed does not
+# depend on them, its agreement does (so it is not measured here).
+LIGHT_CHANNELS = {"tiny": 16, "small": 32}
 RATES = (10, 20, 50)
 
 
@@ -65,6 +73,13 @@ def build_encoder(preset: str, window: int) -> TotoEncoder:
     model = Transformer(model_preset(preset, codebook_size=tok.vocab_size, tokens_per_frame=p,
                                      max_seq_len=2 + window * p))
     return TotoEncoder(tok, model)
+
+
+def light_encoder(encoder: TotoEncoder, preset: str) -> TotoEncoder:
+    """The encoder with its tokenizer's encoder replaced by a (random) light one of the preset's width."""
+    torch.manual_seed(0)
+    light = TotoEncoder(student_of(encoder.tokenizer, LIGHT_CHANNELS[preset]), encoder.model, layer=encoder.layer)
+    return light.eval()
 
 
 def build_policy(encoder: TotoEncoder, n_cameras: int, window: int, variant: str) -> BCPolicy:
@@ -120,22 +135,29 @@ def budget(p50: float, p99: float) -> str:
 
 
 def thread_section(encoder_by_preset: dict[str, TotoEncoder], window: int, probe: int) -> dict:
-    """Eager and fast p50 with threads 1, 2 and the default while a busy process runs (started and stopped here)."""
+    """Eager and fast p50 with threads 1, 2 and the default, first idle, then while a busy process runs
+    (started and stopped here)."""
     counts = sorted({1, 2, default_threads()})
     out = {}
-    with competing_process() as pid:
-        print(f"\nthreads under a competing busy process (pid {pid}), 1 camera, default = {default_threads()}:")
+
+    def measure(label: str) -> None:
         for preset, encoder in encoder_by_preset.items():
             for n in counts:
                 configure_threads(n)
                 policies = {v: build_policy(encoder, 1, window, v) for v in ("eager", "fast")}
                 res = inference_ms(policies, ReplayRobot(1, encoder.image_size), window, probe)
-                out[f"{preset}/threads={n}"] = res
+                out[f"{preset}/{label}/threads={n}"] = res
                 print(f"  {preset:6} threads {n}: eager p50 {res['eager']['p50_ms']:7.1f} ms, "
                       f"fast p50 {res['fast']['p50_ms']:7.1f} ms")
-            d = out[f"{preset}/threads={default_threads()}"]["fast"]["p50_ms"]
-            best = min(out[f"{preset}/threads={n}"]["fast"]["p50_ms"] for n in counts)
-            print(f"  {preset:6} default / best thread count (fast): {d / best:.2f}x")
+            d = out[f"{preset}/{label}/threads={default_threads()}"]["fast"]["p50_ms"]
+            best = min(out[f"{preset}/{label}/threads={n}"]["fast"]["p50_ms"] for n in counts)
+            print(f"  {preset:6} default / best thread count (fast, {label}): {d / best:.2f}x")
+
+    print(f"\nthreads with nothing else running, 1 camera, default = {default_threads()}:")
+    measure("idle")
+    with competing_process() as pid:
+        print(f"threads under a competing busy process (pid {pid}), 1 camera, default = {default_threads()}:")
+        measure("busy")
     return out
 
 
@@ -164,15 +186,17 @@ def main():
     records, encoders, summary = {}, {}, []
     for preset in args.presets:
         encoders[preset] = encoder = build_encoder(preset, args.window)
+        light = light_encoder(encoder, preset)
         for n_cameras in (1, 2):
-            policies = {v: build_policy(encoder, n_cameras, args.window, v) for v in VARIANTS}
+            policies = {v: build_policy(light if v == "distilled" else encoder, n_cameras, args.window, v)
+                        for v in VARIANTS}
             robot = ReplayRobot(n_cameras, encoder.image_size)
             sync = inference_ms(policies, robot, args.window, args.probe)
             for variant, policy in policies.items():
                 r = sync[variant]
                 t = run_episode(robot, policy, loop, safety).timing
                 r |= {"loop_step_p50_ms": t["step_p50_ms"], "loop_rate_hz": t["achieved_rate_hz"]}
-                if variant != "eager":
+                if variant not in ("eager", "distilled"):
                     r |= agreement(encoder, robot, n_cameras, args.window, variant)
                 records[f"{preset}/{n_cameras}cam/{variant}"] = r
                 print(f"{preset:7} {n_cameras:>4} {variant:9} | {r['p50_ms']:5.1f}ms {r['p99_ms']:5.1f}ms | "
@@ -180,7 +204,7 @@ def main():
                       f"{budget(r['p50_ms'], r['p99_ms'])}")
         lines = {}
         for n_cameras in (1, 2):
-            e, f, b = (records[f"{preset}/{n_cameras}cam/{v}"] for v in VARIANTS)
+            e, f, b, d = (records[f"{preset}/{n_cameras}cam/{v}"] for v in VARIANTS)
             s = "camera" if n_cameras == 1 else "cameras"
             lines["fast", n_cameras] = (f"{preset} {n_cameras} {s}: fast p50 {f['p50_ms']:.1f} ms, eager "
                                         f"{e['p50_ms']:.1f} ms, speedup {e['p50_ms'] / f['p50_ms']:.2f}x")
@@ -188,13 +212,17 @@ def main():
                                         f"{e['p50_ms'] / b['p50_ms']:.2f}x, token agreement "
                                         f"{b['token_agreement']:.3f}, features max abs diff "
                                         f"{b['features_max_abs_diff']:.2e}")
+            lines["distilled", n_cameras] = (f"{preset} {n_cameras} {s}: distilled (light encoder "
+                                             f"{LIGHT_CHANNELS[preset]} wide, onnx + static) p50 {d['p50_ms']:.1f} ms, "
+                                             f"speedup {e['p50_ms'] / d['p50_ms']:.2f}x (token agreement: "
+                                             f"results/distill/)")
         # the preset's last line: one camera on the fast path
-        for key in (("bf16", 1), ("bf16", 2), ("fast", 2), ("fast", 1)):
+        for key in (("bf16", 1), ("bf16", 2), ("distilled", 1), ("distilled", 2), ("fast", 2), ("fast", 1)):
             summary.append(lines[key])
             print(lines[key])
     thread_records = {} if args.no_threads_section else thread_section(encoders, args.window, args.probe)
     configure_threads(threads)
-    path = write_record(args.out, {"figures": records, "threads_under_load": thread_records, "summary": summary,
+    path = write_record(args.out, {"figures": records, "threads": thread_records, "summary": summary,
                                    "window": args.window, "probe_steps": args.probe}, context)
     print(f"\nwrote {path}")
 

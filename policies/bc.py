@@ -32,7 +32,14 @@ from torch import nn
 from policies.diffusion import DiffusionHead, DiffusionHeadConfig
 from policies.features import feature_key, layer_features, valid_layers
 from policies.readouts import READOUTS, Readout
-from toto_robot.checkpoint import BC_POLICY, TOTO, load_state_dict, read_checkpoint, save_checkpoint
+from toto_robot.checkpoint import (
+    BC_POLICY,
+    TOTO,
+    load_state_dict,
+    load_tokenizer,
+    read_checkpoint,
+    save_checkpoint,
+)
 from toto_robot.encoder import StreamingEncoder, TotoEncoder, load_toto
 from toto_robot.fast import STEP_BACKENDS, TOKENIZER_BACKENDS, check_backend
 from toto_robot.frames import as_frames, shift_frames
@@ -478,10 +485,12 @@ class BCPolicy(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", tokenizer_backend: str | None = None,
-             step_backend: str | None = None) -> BCPolicy:
+             step_backend: str | None = None, tokenizer: str | Path | None = None) -> BCPolicy:
         """Rebuild a policy from its checkpoint alone: the architecture from config.json, every weight (the
         encoder's included) from policy.safetensors; the encoder checkpoint it names is not needed.
         `tokenizer_backend` / `step_backend`, when given, replace the saved fast-path choice (toto_robot/fast.py).
+        `tokenizer`, a tokenizer checkpoint with the same codes (a distilled light encoder,
+        toto-distill-tokenizer), replaces the encoder's tokenizer: the same token ids, mostly, for less work.
         """
         config = read_checkpoint(path, BC_POLICY)
         runtime = {"tokenizer_backend": tokenizer_backend, "step_backend": step_backend}
@@ -489,7 +498,28 @@ class BCPolicy(nn.Module):
         encoder = _build_encoder(cfg, pretrained=False) if cfg.backbone in ("toto", "toto_random") else None
         policy = cls(cfg, encoder=encoder)
         policy.load_state_dict(load_state_dict(path, "policy"))
+        if tokenizer is not None:
+            policy.use_tokenizer(tokenizer)
         return policy.to(device).eval()
+
+    def use_tokenizer(self, path: str | Path) -> None:
+        """Tokenize with the tokenizer checkpoint at `path` from now on; it must hold the encoder's codes (the
+        same quantizer state: a student distilled from this tokenizer), so its ids mean the same."""
+        if self.encoder is None:
+            raise ValueError(f"tokenizer {path}: the policy's backbone {self.cfg.backbone!r} has no tokenizer")
+        new, old = load_tokenizer(path), self.encoder.tokenizer
+        same = new.vocab_size == old.vocab_size and new.cfg.grid == old.cfg.grid and all(
+            torch.equal(a.cpu(), b.cpu()) for a, b in zip(new.quantizer.state_dict().values(),
+                                                           old.quantizer.state_dict().values()))
+        if not same:
+            raise ValueError(f"tokenizer {path}: expected the codes of the policy's tokenizer ({old.vocab_size} "
+                             f"codes, {old.cfg.grid}x{old.cfg.grid} grid, the same codebook), found a tokenizer "
+                             f"with {new.vocab_size} codes, a {new.cfg.grid}x{new.cfg.grid} grid"
+                             f"{' and another codebook' if new.vocab_size == old.vocab_size else ''}")
+        device = next(old.parameters()).device
+        self.encoder.tokenizer = new.to(device).requires_grad_(False)
+        self.cfg.tokenizer_config = asdict(new.cfg)  # a saved policy rebuilds with this tokenizer
+        self._stream = None  # the next step streams through the new tokenizer
 
 
 def _name(key: str) -> str:

@@ -20,6 +20,7 @@ from torch import nn
 from toto_robot.frames import as_frames, to_uint8
 
 QUANTIZERS = ("vq", "fsq")
+ENCODERS = ("conv", "light")
 
 
 @dataclass
@@ -35,6 +36,10 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     commitment: float = 0.25
     dead_code_threshold: float = 0.5  # restart a code when its EMA count falls below this
+    # "conv": the autoencoder's encoder; "light": a cheaper one distilled to give its tokens (toto_robot/distill.py),
+    # `light_channels` wide, beside the teacher's quantizer and decoder
+    encoder: str = "conv"
+    light_channels: int = 32
 
     def __post_init__(self):
         self.fsq_levels = tuple(self.fsq_levels)
@@ -43,6 +48,10 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.quantizer: expected one of {QUANTIZERS}, got {self.quantizer!r}")
         if self.codebook_size < 2:
             raise ValueError(f"TokenizerConfig.codebook_size: expected >= 2, got {self.codebook_size}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"TokenizerConfig.encoder: expected one of {ENCODERS}, got {self.encoder!r}")
+        if self.light_channels < 1:
+            raise ValueError(f"TokenizerConfig.light_channels: expected >= 1, got {self.light_channels}")
         if not self.fsq_levels or min(self.fsq_levels) < 2:
             raise ValueError(f"TokenizerConfig.fsq_levels: expected levels >= 2, got {self.fsq_levels}")
         if not self.channel_mult:
@@ -109,6 +118,25 @@ class ConvEncoder(nn.Module):
             ch = cout
         layers += [ResBlock(ch, ch), nn.GroupNorm(min(32, ch // 4) or 1, ch), nn.SiLU(), nn.Conv2d(ch, out_dim, 1)]
         self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class LightEncoder(nn.Module):
+    """The deployment encoder: the same grid and code width as ConvEncoder for a fraction of its work. A strided
+    patch convolution goes straight to 1/(downsample/2) resolution (no full-resolution blocks, which are most of
+    ConvEncoder's multiply-adds), then two residual blocks, one learned 2x downsampling and one block at the
+    token grid. Trained by distillation to reproduce a ConvEncoder's latents (toto_robot/distill.py)."""
+
+    def __init__(self, cfg: TokenizerConfig, out_dim: int):
+        super().__init__()
+        ch, patch = cfg.light_channels, cfg.downsample // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(3, ch, patch, stride=patch), ResBlock(ch, 2 * ch), ResBlock(2 * ch, 2 * ch),
+            nn.Conv2d(2 * ch, 2 * ch, 4, stride=2, padding=1), ResBlock(2 * ch, 2 * ch),
+            nn.GroupNorm(min(32, ch // 2) or 1, 2 * ch), nn.SiLU(), nn.Conv2d(2 * ch, out_dim, 1),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -255,7 +283,7 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         code_dim = len(cfg.fsq_levels) if cfg.quantizer == "fsq" else cfg.embed_dim
-        self.encoder = ConvEncoder(cfg, code_dim)
+        self.encoder = (ConvEncoder if cfg.encoder == "conv" else LightEncoder)(cfg, code_dim)
         self.decoder = ConvDecoder(cfg, code_dim)
         if cfg.quantizer == "fsq":
             self.quantizer = FSQuantizer(cfg.fsq_levels)

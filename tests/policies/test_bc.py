@@ -380,3 +380,27 @@ def test_every_trainable_policy_config_builds(encoder_ckpt):
         assert policy.cfg.head == node.get("head", "mlp") and policy.cfg.readout == node.get("readout", "attentive")
         built.append(node["name"])
     assert {"toto_flat_aug", "toto_random_flat_aug", "cnn_diffusion", "toto_flat_multi"} <= set(built)
+
+
+def test_a_distilled_tokenizer_replaces_the_encoders_and_survives_save_load(encoder_ckpt, store_path, tmp_path):
+    from toto_robot.checkpoint import save_tokenizer
+    from toto_robot.distill import student_of
+    from toto_robot.tokenizer import Tokenizer, tokenizer_preset
+
+    policy = _policy(encoder_ckpt)
+    policy.set_stats(TrajectoryStore.open(store_path).stats)
+    policy.save(tmp_path / "p")
+    torch.manual_seed(1)
+    light = student_of(policy.encoder.tokenizer, 8)
+    save_tokenizer(tmp_path / "light", light)
+    swapped = BCPolicy.load(tmp_path / "p", tokenizer=tmp_path / "light")
+    assert swapped.encoder.tokenizer.cfg.encoder == "light"
+    ep = TrajectoryStore.open(store_path).episode(0)
+    frames = torch.from_numpy(ep[CAMS[0]][None, :2])
+    assert torch.equal(swapped.encoder.tokenizer.encode(frames), light.encode(frames))
+    swapped.save(tmp_path / "p_light")  # the policy now names the light tokenizer: it reloads as it runs
+    _assert_same_actions(swapped, BCPolicy.load(tmp_path / "p_light"), ep)
+    other = Tokenizer(tokenizer_preset("tiny", codebook_size=64))  # another codebook: other meanings of the ids
+    save_tokenizer(tmp_path / "other", other)
+    with pytest.raises(ValueError, match=r"tokenizer .*other: expected the codes of the policy's tokenizer"):
+        BCPolicy.load(tmp_path / "p", tokenizer=tmp_path / "other")
