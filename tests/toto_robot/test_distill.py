@@ -114,11 +114,15 @@ def test_command_distills_and_rejects_a_missing_teacher(videos, teacher, tmp_pat
             "data.clip_frames=4", "data.frame_stride=1", f"work_dir={tmp_path}", "distill.steps=5",
             "distill.batch_size=4", "distill.eval_frames=8", "distill.buffer_frames=32", "distill.progress=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ok = subprocess.run([*base, f"teacher={teacher_path}", f"out_dir={tmp_path / 'out'}"], check=False, cwd=REPO,
+    ok = subprocess.run([*base, f"teacher={teacher_path}", f"out_dir={tmp_path / 'out'}",
+                         f"results={tmp_path / 'record.json'}"], check=False, cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "held-out token agreement" in ok.stdout
     assert load_tokenizer(tmp_path / "out" / "checkpoint").cfg.encoder == "light"
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["kind"] == "distill" and f"teacher={teacher_path}" in record["command"]
+    assert 0 <= record["held_out"]["token_agreement"] <= 1 and record["threads"] == 1
     bad = subprocess.run([*base, f"teacher={tmp_path / 'nothing'}"], check=False, cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2

@@ -10,11 +10,13 @@ from pretrain.data import build_sources
 from toto_robot.checkpoint import load_tokenizer
 from toto_robot.commands.entry import entry_point
 from toto_robot.distill import distill_tokenizer
+from toto_robot.results import run_context, write_record
 from toto_robot.typecheck import check_keys
 
 
 def run(cfg: DictConfig) -> None:
     t0 = time.time()
+    context = run_context()
     args = OmegaConf.to_container(cfg.distill, resolve=True)
     check_keys(distill_tokenizer, args, "distill", 3, "seed", "strict", "extra")
     teacher = load_tokenizer(cfg.teacher)
@@ -30,6 +32,8 @@ def run(cfg: DictConfig) -> None:
           f"{held['teacher_codes_used']} codes used) over {held['frames']} frames; encoder "
           f"{ms['student_encoder_ms']:.1f} ms against {ms['teacher_encoder_ms']:.1f} ms per frame (eager)")
     print(f"checkpoint: {res['checkpoint']}")
+    if cfg.results:
+        print(f"results: {write_record(cfg.results, {'kind': 'distill', **res}, context)}")
 
 
 main = entry_point("distill-tokenizer", "pretrain/distill_tokenizer", run)
