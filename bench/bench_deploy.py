@@ -7,11 +7,13 @@ count, then the thread policy under a competing busy process.
 Variants: eager (tokenizer and step "eager"), fast (tokenizer "onnx" + static cache: the same tokens), fast_bf16
 (tokenizer and step in bf16: lossy, its token agreement and features max abs diff are printed), distilled (the
 fast path with a light encoder, toto_robot/distill.py: lossy, timed on random weights; its agreement with a
-trained teacher is in results/distill/). Per variant:
+trained teacher is in results/distill/), distilled_bf16 (the light encoder in ONNX Runtime and the step in bf16).
+Per variant:
 predict_action_chunk p50 / p99 with the temporal window full (the variants take turns frame by frame, so load
 spikes hit them alike), the warm-up (first call: ONNX export and session, or compile), the loop's step latency
 and achieved rate at --rate, and the frame budget at 10 / 20 / 50 Hz. Each preset ends with the line
-`<preset> 1 camera: fast p50 X ms, eager Y ms, speedup Z.ZZx`. Then threads 1 vs 2 vs the default for eager and
+`<preset> 1 camera: fast p50 X ms, eager Y ms, speedup Z.ZZx`, after a floor line: the FLOPs per frame (torch's
+FlopCounterMode) over this CPU's float32 matmul rate measured in the same run. Then threads 1 vs 2 vs the default for eager and
 fast, idle and with a busy process this benchmark starts and stops. Results: results/bench/bench_deploy.json.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from torch.utils import flop_counter
 
 from policies.bc import BCPolicy, PolicyConfig
 from toto_robot.deploy import LoopConfig, SafetyConfig, TimedObservation, run_episode
@@ -38,7 +41,8 @@ from toto_robot.tokenizer import Tokenizer, tokenizer_preset
 
 CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
 VARIANTS = {"eager": ("eager", "eager"), "fast": ("onnx", "static"), "fast_bf16": ("bf16", "bf16"),
-            "distilled": ("onnx", "static")}
+            "distilled": ("onnx", "static"), "distilled_bf16": ("onnx", "bf16")}
+DISTILLED = ("distilled", "distilled_bf16")  # the variants that run the light encoder
 # The light encoder's width per preset (toto_robot/distill.py): the students whose held-out token agreement with
 # a trained teacher is recorded in results/distill/. Here it is timed on random weights: its speed does not
 # depend on them, its agreement does (so it is not measured here).
@@ -134,9 +138,53 @@ def budget(p50: float, p99: float) -> str:
                      f"({p50 / (1e3 / hz):.0%})" for hz in RATES)
 
 
+def gflop(fn) -> float:
+    """GFLOP of one call, counted by torch's FlopCounterMode (matmuls, convolutions, attention). Its table has no
+    entry for the CPU flash-attention kernel that SDPA dispatches to here, so that one is added with torch's own
+    attention formula."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+               lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v)}
+    with torch.no_grad(), flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """This CPU's float32 matmul rate on the current thread count: the peer the step's FLOP rate is read against."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def floor_section(encoder: TotoEncoder, light: TotoEncoder, window: int, preset: str, measured: dict) -> dict:
+    """FLOPs per frame (1 camera) of the transformer step with a full window, the teacher tokenizer and the light
+    encoder, and the time they need at this CPU's matmul rate: the float32 floor the fast paths are read against."""
+    frames = torch.from_numpy(ReplayRobot(1, encoder.image_size).frames[:, : window + 1])  # (1, T, S, S, 3)
+    stream = StreamingEncoder(encoder, window=window)
+    for t in range(window):
+        stream.step(frames[:, t])
+    step_and_tokenizer = gflop(lambda: stream.step(frames[:, window]))
+    teacher = gflop(lambda: encoder.tokenizer.encode(frames[:, window:]))
+    student = gflop(lambda: light.tokenizer.encode(frames[:, window:]))
+    rate = matmul_gflops()
+    step = step_and_tokenizer - teacher
+    floor = {"fast": (step + teacher) / rate * 1e3, "distilled": (step + student) / rate * 1e3}
+    out = {"transformer_step_gflop": step, "teacher_tokenizer_gflop": teacher, "light_encoder_gflop": student,
+           "matmul_gflops": rate, "floor_ms": floor}
+    print(f"{preset} floor: transformer step {step:.2f} GFLOP, tokenizer {teacher:.2f}, light encoder {student:.2f} per "
+          f"frame; float32 matmul here {rate:.0f} GFLOP/s, so fast >= {floor['fast']:.1f} ms (measured "
+          f"{measured['fast']['p50_ms']:.1f}), distilled >= {floor['distilled']:.1f} ms (measured "
+          f"{measured['distilled']['p50_ms']:.1f})")
+    return out
+
+
 def thread_section(encoder_by_preset: dict[str, TotoEncoder], window: int, probe: int) -> dict:
-    """Eager and fast p50 with threads 1, 2 and the default, first idle, then while a busy process runs
-    (started and stopped here)."""
+    """Eager, fast and distilled p50 with threads 1, 2 and the default, first idle, then while a busy process
+    runs (started and stopped here)."""
     counts = sorted({1, 2, default_threads()})
     out = {}
 
@@ -144,11 +192,12 @@ def thread_section(encoder_by_preset: dict[str, TotoEncoder], window: int, probe
         for preset, encoder in encoder_by_preset.items():
             for n in counts:
                 configure_threads(n)
-                policies = {v: build_policy(encoder, 1, window, v) for v in ("eager", "fast")}
+                policies = {v: build_policy(light_encoder(encoder, preset) if v in DISTILLED else encoder, 1, window,
+                                            v) for v in ("eager", "fast", "distilled")}
                 res = inference_ms(policies, ReplayRobot(1, encoder.image_size), window, probe)
                 out[f"{preset}/{label}/threads={n}"] = res
                 print(f"  {preset:6} threads {n}: eager p50 {res['eager']['p50_ms']:7.1f} ms, "
-                      f"fast p50 {res['fast']['p50_ms']:7.1f} ms")
+                      f"fast p50 {res['fast']['p50_ms']:7.1f} ms, distilled p50 {res['distilled']['p50_ms']:7.1f} ms")
             d = out[f"{preset}/{label}/threads={default_threads()}"]["fast"]["p50_ms"]
             best = min(out[f"{preset}/{label}/threads={n}"]["fast"]["p50_ms"] for n in counts)
             print(f"  {preset:6} default / best thread count (fast, {label}): {d / best:.2f}x")
@@ -179,16 +228,16 @@ def main():
     safety = SafetyConfig(max_delta=None)
     print(f"BCPolicy (toto, attentive read-out, mlp head), window {args.window} frames, {threads} threads, "
           f"load average {context['load_average_1min']:.1f} on {context['cpu_count']} cores")
-    header = (f"{'encoder':7} {'cams':>4} {'variant':9} | {'p50':>7} {'p99':>7} | {'warm-up':>7} | {'loop p50':>8} "
+    header = (f"{'encoder':7} {'cams':>4} {'variant':14} | {'p50':>7} {'p99':>7} | {'warm-up':>7} | {'loop p50':>8} "
               f"{'rate':>6} | frame budget (p50 share)")
     print(header)
     print("-" * len(header))
-    records, encoders, summary = {}, {}, []
+    records, encoders, summary, floors = {}, {}, [], {}
     for preset in args.presets:
         encoders[preset] = encoder = build_encoder(preset, args.window)
         light = light_encoder(encoder, preset)
         for n_cameras in (1, 2):
-            policies = {v: build_policy(light if v == "distilled" else encoder, n_cameras, args.window, v)
+            policies = {v: build_policy(light if v in DISTILLED else encoder, n_cameras, args.window, v)
                         for v in VARIANTS}
             robot = ReplayRobot(n_cameras, encoder.image_size)
             sync = inference_ms(policies, robot, args.window, args.probe)
@@ -196,15 +245,15 @@ def main():
                 r = sync[variant]
                 t = run_episode(robot, policy, loop, safety).timing
                 r |= {"loop_step_p50_ms": t["step_p50_ms"], "loop_rate_hz": t["achieved_rate_hz"]}
-                if variant not in ("eager", "distilled"):
+                if variant != "eager" and variant not in DISTILLED:
                     r |= agreement(encoder, robot, n_cameras, args.window, variant)
                 records[f"{preset}/{n_cameras}cam/{variant}"] = r
-                print(f"{preset:7} {n_cameras:>4} {variant:9} | {r['p50_ms']:5.1f}ms {r['p99_ms']:5.1f}ms | "
+                print(f"{preset:7} {n_cameras:>4} {variant:14} | {r['p50_ms']:5.1f}ms {r['p99_ms']:5.1f}ms | "
                       f"{r['warmup_s']:6.2f}s | {t['step_p50_ms']:6.2f}ms {t['achieved_rate_hz']:6.2f} | "
                       f"{budget(r['p50_ms'], r['p99_ms'])}")
         lines = {}
         for n_cameras in (1, 2):
-            e, f, b, d = (records[f"{preset}/{n_cameras}cam/{v}"] for v in VARIANTS)
+            e, f, b, d, db = (records[f"{preset}/{n_cameras}cam/{v}"] for v in VARIANTS)
             s = "camera" if n_cameras == 1 else "cameras"
             lines["fast", n_cameras] = (f"{preset} {n_cameras} {s}: fast p50 {f['p50_ms']:.1f} ms, eager "
                                         f"{e['p50_ms']:.1f} ms, speedup {e['p50_ms'] / f['p50_ms']:.2f}x")
@@ -216,13 +265,18 @@ def main():
                                              f"{LIGHT_CHANNELS[preset]} wide, onnx + static) p50 {d['p50_ms']:.1f} ms, "
                                              f"speedup {e['p50_ms'] / d['p50_ms']:.2f}x (token agreement: "
                                              f"results/distill/)")
+            lines["distilled_bf16", n_cameras] = (f"{preset} {n_cameras} {s}: distilled_bf16 (onnx + bf16 step) p50 "
+                                                  f"{db['p50_ms']:.1f} ms, speedup {e['p50_ms'] / db['p50_ms']:.2f}x")
+        floors[preset] = floor_section(encoder, light, args.window, preset,
+                                       {v: records[f"{preset}/1cam/{v}"] for v in VARIANTS})
         # the preset's last line: one camera on the fast path
-        for key in (("bf16", 1), ("bf16", 2), ("distilled", 1), ("distilled", 2), ("fast", 2), ("fast", 1)):
+        for key in (("bf16", 1), ("bf16", 2), ("distilled", 1), ("distilled", 2), ("distilled_bf16", 1),
+                    ("distilled_bf16", 2), ("fast", 2), ("fast", 1)):
             summary.append(lines[key])
             print(lines[key])
     thread_records = {} if args.no_threads_section else thread_section(encoders, args.window, args.probe)
     configure_threads(threads)
-    path = write_record(args.out, {"figures": records, "threads": thread_records, "summary": summary,
+    path = write_record(args.out, {"figures": records, "threads": thread_records, "summary": summary, "floor": floors,
                                    "window": args.window, "probe_steps": args.probe}, context)
     print(f"\nwrote {path}")
 
