@@ -276,7 +276,7 @@ def main():
             print(lines[key])
     thread_records = {} if args.no_threads_section else thread_section(encoders, args.window, args.probe)
     configure_threads(threads)
-    path = write_record(args.out, {"figures": records, "threads": thread_records, "summary": summary, "floor": floors,
+    path = write_record(args.out, {"figures": records, "thread_policy": thread_records, "summary": summary, "floor": floors,
                                    "window": args.window, "probe_steps": args.probe}, context)
     print(f"\nwrote {path}")
 

@@ -55,6 +55,10 @@ def write_record(path: str | Path, record: dict[str, Any], context: dict[str, An
     path.parent.mkdir(parents=True, exist_ok=True)
     context = context or run_context()
     context = {**context, "load_average_1min_at_end": os.getloadavg()[0]}
+    clash = sorted(k for k in set(record) & set(context) if record[k] != context[k])
+    if clash:  # the context would silently replace what the record stores under these keys
+        raise ValueError(f"write_record {path}: expected record keys apart from the run context's (or the same "
+                         f"values), found {clash} with other values")
     return atomic_write_text(path, json.dumps({**record, **context}, indent=2, default=str) + "\n")
 
 

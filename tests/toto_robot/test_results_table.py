@@ -59,3 +59,14 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
     bad.write_text("{not json")
     assert main([str(bad)]) == 2
     assert f"{bad} is not JSON" in capsys.readouterr().err
+
+
+def test_write_record_refuses_a_key_the_run_context_would_replace(tmp_path):
+    from toto_robot.results import run_context, write_record
+    context = run_context()
+    path = tmp_path / "r.json"
+    with pytest.raises(ValueError, match=r"write_record .*r\.json.*\['threads'\]"):
+        write_record(path, {"threads": {"tiny/busy/threads=1": 5.0}}, context)
+    assert not path.exists()
+    write_record(path, {"threads": context["threads"], "figure": 1.0}, context)  # the same value: kept once
+    assert json.loads(path.read_text())["figure"] == 1.0
