@@ -11,6 +11,7 @@ reference, the same attention pattern computed over a whole sequence without a c
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 
@@ -87,11 +88,17 @@ def model_preset(name: str, **overrides) -> ModelConfig:
     return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
 
 
+@functools.lru_cache(maxsize=16)
+def _inv_freq(head_dim: int, base: float, device: torch.device) -> torch.Tensor:
+    """RoPE's inverse frequencies (D/2,) in float64, made once per geometry (the streaming step needs them for
+    every frame; never written to)."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (T, head_dim) for integer positions. Angles are computed in float64 so that large
     absolute positions (a long streaming episode) keep full float32 precision after the cast."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim))
-    ang = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, D/2)
+    ang = positions.to(torch.float64)[:, None] * _inv_freq(head_dim, float(base), positions.device)[None, :]  # (T, D/2)
     ang = torch.cat([ang, ang], dim=-1)  # (T, D), rotate-half layout
     return ang.cos().float(), ang.sin().float()
 
@@ -236,11 +243,11 @@ class SinkWindowCache:
             if self._mask is None:  # the sink is always visible, unfilled slots never
                 self._mask = torch.full((p, 1 + n * p), float("-inf"), device=dev)
                 self._mask[:, 0] = 0.0
+                self._causal = torch.full((p, p), float("-inf"), device=dev).triu(1)  # the frame's own slot
             if f > 0:  # the previous frame's slot: now wholly visible
                 prev = (f - 1) % n
                 self._mask[:, 1 + prev * p: 1 + (prev + 1) * p] = 0.0
-            causal = torch.full((p, p), float("-inf"), device=dev).triu(1)
-            self._mask[:, 1 + slot * p: 1 + (slot + 1) * p] = causal
+            self._mask[:, 1 + slot * p: 1 + (slot + 1) * p] = self._causal
             self._step = (1 + slot * p + torch.arange(p, device=dev), scos, ssin)  # buffer indices of the frame
         else:
             self._step = (slot, filled, _window_mask(p, filled, slot, dev), scos, ssin)
