@@ -13,8 +13,9 @@ predict_action_chunk p50 / p99 with the temporal window full (the variants take 
 spikes hit them alike), the warm-up (first call: ONNX export and session, or compile), the loop's step latency
 and achieved rate at --rate, and the frame budget at 10 / 20 / 50 Hz. Each preset ends with the line
 `<preset> 1 camera: fast p50 X ms, eager Y ms, speedup Z.ZZx`, after a floor line: the FLOPs per frame (torch's
-FlopCounterMode) over this CPU's float32 matmul rate measured in the same run. Then threads 1 vs 2 vs the default for eager and
-fast, idle and with a busy process this benchmark starts and stops. Results: results/bench/bench_deploy.json.
+FlopCounterMode) over this CPU's float32 matmul rate measured in the same run. Then threads 1 vs 2 vs the default
+for eager, fast and distilled, idle and with a busy process this benchmark starts and stops.
+Results: results/bench/bench_deploy.json.
 """
 
 from __future__ import annotations
@@ -175,14 +176,15 @@ def floor_section(encoder: TotoEncoder, light: TotoEncoder, window: int, preset:
     floor = {"fast": (step + teacher) / rate * 1e3, "distilled": (step + student) / rate * 1e3}
     out = {"transformer_step_gflop": step, "teacher_tokenizer_gflop": teacher, "light_encoder_gflop": student,
            "matmul_gflops": rate, "floor_ms": floor}
-    print(f"{preset} floor: transformer step {step:.2f} GFLOP, tokenizer {teacher:.2f}, light encoder {student:.2f} per "
-          f"frame; float32 matmul here {rate:.0f} GFLOP/s, so fast >= {floor['fast']:.1f} ms (measured "
+    print(f"{preset} floor: transformer step {step:.2f} GFLOP, tokenizer {teacher:.2f}, light encoder "
+          f"{student:.2f} per frame; float32 matmul here {rate:.0f} GFLOP/s, so fast >= {floor['fast']:.1f} ms (measured "
           f"{measured['fast']['p50_ms']:.1f}), distilled >= {floor['distilled']:.1f} ms (measured "
           f"{measured['distilled']['p50_ms']:.1f})")
     return out
 
 
-def thread_section(encoder_by_preset: dict[str, TotoEncoder], window: int, probe: int) -> dict:
+def thread_section(encoder_by_preset: dict[str, TotoEncoder], light_by_preset: dict[str, TotoEncoder], window: int,
+                   probe: int) -> dict:
     """Eager, fast and distilled p50 with threads 1, 2 and the default, first idle, then while a busy process
     runs (started and stopped here)."""
     counts = sorted({1, 2, default_threads()})
@@ -192,8 +194,8 @@ def thread_section(encoder_by_preset: dict[str, TotoEncoder], window: int, probe
         for preset, encoder in encoder_by_preset.items():
             for n in counts:
                 configure_threads(n)
-                policies = {v: build_policy(light_encoder(encoder, preset) if v in DISTILLED else encoder, 1, window,
-                                            v) for v in ("eager", "fast", "distilled")}
+                policies = {v: build_policy(light_by_preset[preset] if v in DISTILLED else encoder, 1, window, v)
+                            for v in ("eager", "fast", "distilled")}
                 res = inference_ms(policies, ReplayRobot(1, encoder.image_size), window, probe)
                 out[f"{preset}/{label}/threads={n}"] = res
                 print(f"  {preset:6} threads {n}: eager p50 {res['eager']['p50_ms']:7.1f} ms, "
@@ -232,10 +234,10 @@ def main():
               f"{'rate':>6} | frame budget (p50 share)")
     print(header)
     print("-" * len(header))
-    records, encoders, summary, floors = {}, {}, [], {}
+    records, encoders, lights, summary, floors = {}, {}, {}, [], {}
     for preset in args.presets:
         encoders[preset] = encoder = build_encoder(preset, args.window)
-        light = light_encoder(encoder, preset)
+        lights[preset] = light = light_encoder(encoder, preset)
         for n_cameras in (1, 2):
             policies = {v: build_policy(light if v in DISTILLED else encoder, n_cameras, args.window, v)
                         for v in VARIANTS}
@@ -274,10 +276,10 @@ def main():
                     ("distilled_bf16", 2), ("fast", 2), ("fast", 1)):
             summary.append(lines[key])
             print(lines[key])
-    thread_records = {} if args.no_threads_section else thread_section(encoders, args.window, args.probe)
+    thread_records = {} if args.no_threads_section else thread_section(encoders, lights, args.window, args.probe)
     configure_threads(threads)
-    path = write_record(args.out, {"figures": records, "thread_policy": thread_records, "summary": summary, "floor": floors,
-                                   "window": args.window, "probe_steps": args.probe}, context)
+    path = write_record(args.out, {"figures": records, "thread_policy": thread_records, "summary": summary,
+                                   "floor": floors, "window": args.window, "probe_steps": args.probe}, context)
     print(f"\nwrote {path}")
 
 

@@ -31,7 +31,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from pretrain.data import Mixture, Source
-from pretrain.shards import key_fraction
+from pretrain.shards import held_out_items
 from pretrain.tokenizer_training import FrameBuffer
 from toto_robot.checkpoint import save_tokenizer
 from toto_robot.fast import token_agreement
@@ -52,13 +52,9 @@ def student_of(teacher: Tokenizer, channels: int) -> Tokenizer:
 
 
 def split_items(source: Source, fraction: float) -> tuple[Source, Source]:
-    """(training, held-out) copies of a source, items assigned by the pretraining split's hash of their key."""
+    """(training, held-out) copies of a source, items assigned by the pretraining split (pretrain/shards.py)."""
     items = source.items()
-    held = [key_fraction(source.item_key(i)) < fraction for i in items]
-    if fraction > 0 and len(items) > 1 and not any(held):  # at least one of each, as the shards' split does
-        held[int(np.argmin([key_fraction(source.item_key(i)) for i in items]))] = True
-    if all(held) and len(items) > 1:
-        held[int(np.argmax([key_fraction(source.item_key(i)) for i in items]))] = False
+    held = held_out_items([source.item_key(i) for i in items], np.ones(len(items)), fraction)
     train, test = copy.copy(source), copy.copy(source)
     train._items = [i for i, h in zip(items, held) if not h]
     test._items = [i for i, h in zip(items, held) if h]
@@ -69,12 +65,6 @@ def _inputs(tok: Tokenizer, frames: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) in [-1, 1], as the tokenizer sees them."""
     x = as_frames(frames[:, None], size_multiple=tok.cfg.downsample)
     return rearrange(x, "n 1 c h w -> n c h w")
-
-
-def _ids(tok: Tokenizer, z: torch.Tensor) -> torch.Tensor:
-    flat = rearrange(z, "n c h w -> (n h w) c")
-    q = tok.quantizer
-    return q.nearest(flat) if isinstance(q, EMAVectorQuantizer) else q(flat)[1]
 
 
 def _median_ms(fn, x: torch.Tensor, reps: int = 10) -> float:
@@ -90,12 +80,9 @@ def _median_ms(fn, x: torch.Tensor, reps: int = 10) -> float:
 @torch.no_grad()
 def evaluate(teacher: Tokenizer, student: Tokenizer, frames: np.ndarray, batch: int = 64) -> dict:
     """Token agreement of the student with the teacher on `frames` (N, H, W, 3), and the references."""
-    t_ids, s_ids = [], []
-    for i in range(0, len(frames), batch):
-        x = _inputs(teacher, frames[i : i + batch])
-        t_ids.append(_ids(teacher, teacher.encoder(x)))
-        s_ids.append(_ids(student, student.encoder(x)))
-    t, s = torch.cat(t_ids), torch.cat(s_ids)
+    chunks = [frames[i : i + batch, None] for i in range(0, len(frames), batch)]  # (n, 1, H, W, 3) clips
+    t = torch.cat([teacher.encode(c).flatten() for c in chunks])
+    s = torch.cat([student.encode(c).flatten() for c in chunks])
     counts = torch.bincount(t, minlength=teacher.vocab_size)
     return {"token_agreement": token_agreement(s, t), "majority_code_agreement": float(counts.max() / t.numel()),
             "teacher_codes_used": int((counts > 0).sum()), "frames": len(frames), "tokens": int(t.numel())}
@@ -182,7 +169,8 @@ def distill_tokenizer(teacher: Tokenizer, sources: list[Source], out: str | Path
     held = evaluate(teacher, student, test_buffer.frames[: test_buffer.size])
     frame = _inputs(teacher, test_buffer.frames[:1])
     with torch.no_grad():
-        ms = {"teacher_encoder_ms": _median_ms(teacher.encoder, frame), "student_encoder_ms": _median_ms(student.encoder, frame)}
+        ms = {"teacher_encoder_ms": _median_ms(teacher.encoder, frame),
+              "student_encoder_ms": _median_ms(student.encoder, frame)}
     ckpt = out / "checkpoint"
     results = {"checkpoint": str(ckpt.resolve()), "steps": steps, "channels": channels, "held_out": held,
                "train_seconds": round(time.time() - t0, 1),

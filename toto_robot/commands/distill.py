@@ -21,8 +21,7 @@ def run(cfg: DictConfig) -> None:
     check_keys(distill_tokenizer, args, "distill", 3, "seed", "strict", "extra")
     teacher = load_tokenizer(cfg.teacher)
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    if data["resolution"] != teacher.cfg.image_size:  # the student learns the teacher at its own resolution
-        data["resolution"] = teacher.cfg.image_size
+    data["resolution"] = teacher.cfg.image_size  # the student learns the teacher at its own resolution
     res = distill_tokenizer(teacher, build_sources(data), cfg.out_dir, seed=cfg.seed, strict=data["strict"],
                             extra={"teacher": str(cfg.teacher)}, **args)
     held = res["held_out"]
